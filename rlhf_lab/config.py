@@ -1,0 +1,329 @@
+"""Typed, frozen configuration loaded from ``params.yaml``.
+
+``params.yaml`` is the single source of truth: one section per stage, each loaded into a frozen
+dataclass. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
+key (``ppo.beta: expected a number >= 0, got -1``) before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line, without a traceback."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+class _FieldError(Exception):
+    """Raised by ``__post_init__`` checks; the loader adds the section name."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(name, message)
+        self.name, self.message = name, message
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise _FieldError(name, message)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where every stage writes; dvc.yaml reads these same keys through ``${paths.*}``."""
+
+    data: str = "data"
+    sft: str = "models/sft"
+    preferences: str = "data/preferences"
+    reward: str = "models/reward"
+    ppo: str = "runs/ppo"
+    best_of_n: str = "runs/best_of_n"
+    sweep: str = "runs/sweep"
+    report: str = "reports"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Hardware and reproducibility settings shared by all training stages."""
+
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    accelerator: str = "cpu"  # Lightning accelerator: cpu | gpu | cuda | auto ...
+    devices: Any = 1  # Lightning devices: an int, a list of ids, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy: auto | ddp | ddp_spawn | fsdp ...
+    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | 16-mixed ...
+
+    def __post_init__(self):
+        _check(self.threads >= 0, "threads", "expected an integer >= 0")
+        _check(self.num_nodes >= 1, "num_nodes", "expected an integer >= 1")
+        ok = self.devices == "auto" or isinstance(self.devices, (int, list))
+        _check(ok, "devices", "expected an integer, a list of device ids or 'auto'")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: embedded SQLite store by default, a server when a URI is given."""
+
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "rlhf-lab"
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The built-in review task and its gold reward (see README, "The built-in task")."""
+
+    min_clauses: int = 1
+    max_clauses: int = 3
+    negation_prob: float = 0.2
+    intensifier_prob: float = 0.3
+    # Gold = sentiment - grammar_weight * invalid_transition_fraction
+    #        - repetition_weight * repeated_word_fraction - no_eos_penalty * [no <eos>]
+    grammar_weight: float = 2.0
+    repetition_weight: float = 1.0
+    no_eos_penalty: float = 1.0
+
+    def __post_init__(self):
+        _check(self.min_clauses >= 1, "min_clauses", "expected an integer >= 1")
+        _check(self.max_clauses >= self.min_clauses, "max_clauses", "expected >= task.min_clauses")
+        for name in ("negation_prob", "intensifier_prob"):
+            _check(0 <= getattr(self, name) <= 1, name, "expected a probability in [0, 1]")
+        for name in ("grammar_weight", "repetition_weight", "no_eos_penalty"):
+            _check(getattr(self, name) >= 0, name, "expected a number >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Demonstrations and prompts: the built-in task, or local text/JSONL files."""
+
+    source: str = "builtin"  # "builtin" or a path to a .txt (one text a line) or .jsonl ({"text"})
+    prompts: Optional[str] = None  # external prompts (.txt or .jsonl {"prompt"}); builtin makes its own
+    train_samples: int = 20000
+    val_samples: int = 1000
+    train_prompts: int = 4096
+    eval_prompts: int = 256
+
+    def __post_init__(self):
+        for name in ("train_samples", "val_samples", "train_prompts", "eval_prompts"):
+            _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy: a tiny GPT-2 built from this config, or any HF causal LM by path/name."""
+
+    name_or_path: Optional[str] = None
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_positions: int = 64
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+            _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+        _check(self.n_embd % self.n_head == 0, "n_head", "must divide model.n_embd")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    max_length: int = 40
+    num_samples: int = 8  # generations logged after every validation
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "epochs", "expected an integer >= 1")
+        _check(self.batch_size >= 1, "batch_size", "expected an integer >= 1")
+        _check(self.lr > 0, "lr", "expected a number > 0")
+        _check(self.max_length >= 4, "max_length", "expected an integer >= 4")
+
+
+SECTIONS: dict[str, type] = {
+    "paths": PathsConfig,
+    "runtime": RuntimeConfig,
+    "tracking": TrackingConfig,
+    "task": TaskConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "sft": SFTConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """All sections of params.yaml. Sections missing from the file take their defaults."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: dict) -> "Config":
+        """A copy with some keys of some sections changed: ``cfg.replace(ppo={"beta": 0.1})``."""
+        data = self.to_dict()
+        for section, values in overrides.items():
+            data[section].update(values)
+        return from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise ValueError. Strict: no bool for int, no str for int."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ValueError
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arg)
+            except ValueError:
+                pass
+        raise ValueError
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        (inner, *_) = typing.get_args(tp)
+        return tuple(_coerce(v, inner) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads "3e-4" (no dot) as a string: accept it, it is unambiguous.
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError from None
+            if math.isfinite(number):
+                return number
+        raise ValueError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def section_from_dict(cls: type, data: Any, section: str):
+    """Build the dataclass ``cls`` from a mapping, naming ``section.key`` in every error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{section}.{unknown[0]}: unknown key; allowed keys are: {', '.join(names)}"
+        )
+    values = {}
+    for name, value in data.items():
+        try:
+            values[name] = _coerce(value, hints[name])
+        except ValueError:
+            raise ConfigError(
+                f"{section}.{name}: expected {_describe(hints[name])}, got {value!r}"
+            ) from None
+    try:
+        return cls(**values)
+    except _FieldError as err:
+        got = values.get(err.name, getattr(cls, err.name, None))
+        raise ConfigError(f"{section}.{err.name}: {err.message}, got {got!r}") from None
+
+
+def from_dict(data: Any) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("params.yaml: expected a mapping of sections at the top level")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]}: unknown section; allowed sections are: {', '.join(SECTIONS)}"
+        )
+    return Config(**{s: section_from_dict(cls, data.get(s), s) for s, cls in SECTIONS.items()})
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    """Read and validate ``params.yaml``; every problem is a one-line :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    try:
+        return from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def save(config: Config, path: str | Path) -> None:
+    """Write the resolved config (defaults filled in) next to a stage's outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = json.loads(json.dumps(config.to_dict()))  # tuples -> lists for safe_dump
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))

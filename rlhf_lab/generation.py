@@ -1,0 +1,106 @@
+"""Batched sampling with a KV cache, shared by SFT samples, preference pairs, PPO and best-of-n."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Samples:
+    """Prompts and sampled responses. Responses are right-padded after the first <eos>."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, R)
+    response_mask: torch.Tensor  # (B, R) 1 up to and including <eos>
+    ended: torch.Tensor  # (B,) bool: the response emitted <eos>
+
+    @property
+    def sequence_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def sequence_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+
+def left_pad(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<bos> prompt`` ids, left-padded so all prompts end at the same column: (B, P) each."""
+    seqs = [[tokenizer.bos_token_id] + tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a padded prompt sees the positions it trained with."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Samples:
+    """Ancestral sampling from softmax(logits / temperature); temperature 0 is greedy."""
+    batch = prompt_ids.shape[0]
+    device = prompt_ids.device
+    mask = prompt_mask
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]
+    next_position = position_ids(mask)[:, -1:] + 1  # (B, 1)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens = []
+    for step in range(max_new_tokens):
+        if temperature > 0:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            token = logits.argmax(-1)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        done = done | (token == eos_token_id)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_position,
+            past_key_values=past,
+            use_cache=True,
+        )
+        past, logits = out.past_key_values, out.logits[:, -1]
+        next_position = next_position + 1
+    response = torch.stack(tokens, dim=1)  # (B, R)
+    response_mask = response_mask_from_ids(response, eos_token_id)
+    response = torch.where(response_mask.bool(), response, torch.full_like(response, pad_token_id))
+    ended = ((response == eos_token_id) & response_mask.bool()).any(-1)
+    return Samples(prompt_ids, prompt_mask, response, response_mask, ended)
+
+
+def response_mask_from_ids(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for tokens up to and including the first <eos>, 0 after it: (B, R) long."""
+    is_eos = (response == eos_token_id).long()
+    after_eos = (is_eos.cumsum(-1) - is_eos) > 0  # strictly after the first <eos>
+    return (~after_eos).long()
+
+
+def decode_responses(tokenizer, samples: Samples) -> list[str]:
+    """Response text without special tokens (the <eos> is reported by ``samples.ended``)."""
+    return [
+        tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+        for ids, m in zip(samples.response_ids, samples.response_mask)
+    ]

@@ -1,0 +1,87 @@
+"""Tokenizers and causal LMs: a tiny GPT-2 built from params, or any Hugging Face model by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlhf_lab.config import ModelConfig, UserError
+from rlhf_lab.task.grammar import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+
+
+def train_word_tokenizer(texts: list[str]):
+    """A word-level tokenizer (``tokenizers``) over whitespace-separated words of ``texts``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
+    )
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load a tokenizer ({str(err).splitlines()[0]})") from None
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"{path}: the tokenizer has no eos token; generation could never stop")
+    if tokenizer.pad_token_id is None:  # GPT-2 and many others ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token_id is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def build_policy(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
+    """A causal LM: ``cfg.name_or_path`` loaded with ``from_pretrained``, else a fresh GPT-2."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if cfg.name_or_path:
+        return load_causal_lm(cfg.name_or_path)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        # A small-vocab GPT2Config still says 50256 unless told: keep ids inside the vocabulary.
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def load_causal_lm(path: str | Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load a causal LM ({str(err).splitlines()[0]})") from None
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int, add_eos: bool = True):
+    """Right-padded ``<bos> text <eos>`` ids and attention mask, each (B, T)."""
+    ids = [
+        [tokenizer.bos_token_id]
+        + tokenizer.encode(t, add_special_tokens=False)
+        + ([tokenizer.eos_token_id] if add_eos else [])
+        for t in texts
+    ]
+    ids = [seq[:max_length] for seq in ids]
+    width = max(len(seq) for seq in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, seq in enumerate(ids):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    return input_ids, mask

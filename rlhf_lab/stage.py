@@ -1,0 +1,126 @@
+"""The skeleton every DVC stage shares: environment, config, errors, outputs, MLflow, Trainer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rlhf_lab import config as config_lib
+from rlhf_lab.config import Config, RuntimeConfig, TrackingConfig, UserError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def configure_environment() -> None:
+    """Offline and quiet by default; a user's own setting of any of these wins."""
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",  # set HF_HUB_OFFLINE=0 to let `model.name_or_path` be a hub name
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "DVC_NO_ANALYTICS": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def apply_runtime(runtime: RuntimeConfig, seed_offset: int = 0) -> None:
+    import lightning.pytorch as pl
+    import torch
+
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    pl.seed_everything(runtime.seed + seed_offset, workers=True, verbose=False)
+
+
+def tracking_uri(tracking: TrackingConfig) -> str:
+    """params.yaml's ``tracking.tracking_uri``, else $MLFLOW_TRACKING_URI, else the embedded store."""
+    return tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def mlflow_logger(cfg: Config, stage: str, run_name: str | None = None, tags: dict | None = None):
+    """Lightning's MLflow logger for one stage run; params are the run's whole resolved config."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(
+        experiment_name=cfg.tracking.experiment,
+        run_name=run_name or stage,
+        tracking_uri=tracking_uri(cfg.tracking),
+        tags={"stage": stage, **(tags or {})},
+    )
+    logger.log_hyperparams(flatten(cfg.to_dict()))
+    return logger
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def make_trainer(runtime: RuntimeConfig, logger, **kwargs):
+    """A Lightning Trainer whose hardware comes from params.yaml's ``runtime`` section."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        accelerator=runtime.accelerator,
+        devices=runtime.devices,
+        num_nodes=runtime.num_nodes,
+        strategy=runtime.strategy,
+        precision=runtime.precision,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        deterministic=False,
+        **kwargs,
+    )
+
+
+@contextmanager
+def replacing_dir(path: str | Path) -> Iterator[Path]:
+    """Write a stage's output folder aside and swap it in only when the stage succeeded.
+
+    A failed or interrupted run leaves whatever was at ``path`` before untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_main(run: Callable[[Config], dict], description: str) -> None:
+    """Command-line entry of a stage: ``python -m pipelines.<stage> [--params params.yaml]``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+    args = parser.parse_args()
+    configure_environment()
+    try:
+        cfg = config_lib.load(args.params)
+        metrics = run(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(metrics, indent=2, sort_keys=True))

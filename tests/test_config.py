@@ -1,0 +1,98 @@
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf_lab import config
+from rlhf_lab.config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repo_params_load_and_match_defaults_shape():
+    cfg = config.load(ROOT / "params.yaml")
+    assert isinstance(cfg, Config)
+    # Every key the file sets is a real field (no silent typos) — load() would have raised.
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(data) <= set(config.SECTIONS)
+
+
+def test_dvc_yaml_declares_only_existing_params():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    defaults = Config().to_dict()
+    for name, stage in stages.items():
+        for param in stage.get("params", []):
+            section, _, key = param.partition(".")
+            assert section in defaults, f"stage {name}: unknown section {section}"
+            if key:
+                assert key in defaults[section], f"stage {name}: unknown param {param}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sft:\n  lr: fast\n", "sft.lr: expected a number, got 'fast'"),
+        ("sft:\n  epochs: 2.5\n", "sft.epochs: expected an integer, got 2.5"),
+        ("sft:\n  epochs: true\n", "sft.epochs: expected an integer, got True"),
+        ("sft:\n  epochs: 0\n", "sft.epochs: expected an integer >= 1, got 0"),
+        ("sft:\n  learning_rate: 0.1\n", "sft.learning_rate: unknown key; allowed keys are: epochs"),
+        ("sfft:\n  lr: 0.1\n", "sfft: unknown section"),
+        ("model:\n  n_embd: 30\n  n_head: 4\n", "model.n_head: must divide model.n_embd"),
+        ("task:\n  negation_prob: 1.5\n", "task.negation_prob: expected a probability in [0, 1], got 1.5"),
+        ("sft: [1, 2]\n", "sft: expected a mapping of keys"),
+        ("sft:\n  lr: [0.1\n", "not valid YAML (line"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    cfg = config.load(write(tmp_path, "sft:\n  lr: 3e-4\n"))
+    assert cfg.sft.lr == pytest.approx(3e-4)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="parameter file not found"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.sft.lr = 1.0  # type: ignore[misc]
+    assert cfg.replace(sft={"lr": 0.5}).sft.lr == 0.5
+    with pytest.raises(ConfigError, match="sft.lr"):
+        cfg.replace(sft={"lr": -1.0})
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = Config().replace(runtime={"devices": [0, 1]})
+    config.save(cfg, tmp_path / "config.yaml")
+    assert config.load(tmp_path / "config.yaml") == cfg
+
+
+def test_stage_cli_prints_one_line_error_without_traceback(tmp_path, monkeypatch, capsys):
+    from rlhf_lab.stage import stage_main
+
+    path = write(tmp_path, "sft:\n  batch_size: -3\n")
+    monkeypatch.setattr(sys, "argv", ["stage", "--params", str(path)])
+    ran = []
+    with pytest.raises(SystemExit) as exit_:
+        stage_main(ran.append, "test stage")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "sft.batch_size" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ran == []  # no work started
