@@ -49,7 +49,7 @@ def _check(ok: bool, name: str, message: str) -> None:
 class PathsConfig:
     """Where every stage writes; dvc.yaml reads these same keys through ``${paths.*}``."""
 
-    data: str = "data"
+    data: str = "data/task"
     sft: str = "models/sft"
     preferences: str = "data/preferences"
     reward: str = "models/reward"
@@ -158,6 +158,48 @@ class SFTConfig:
         _check(self.max_length >= 4, "max_length", "expected an integer >= 4")
 
 
+@dataclass(frozen=True)
+class PreferencesConfig:
+    """Pairs of SFT-policy responses labelled from the gold reward (Bradley–Terry, optional noise)."""
+
+    pairs: int = 4000  # training pairs; over-optimisation depends strongly on this
+    eval_pairs: int = 1000  # held-out pairs with noise-free gold labels
+    sft_samples: int = 1024  # fresh SFT samples: reward normalisation and proxy-gold correlation
+    label_temperature: float = 0.0  # T in P(a > b) = sigmoid((g_a - g_b) / T); 0 = deterministic
+    flip_fraction: float = 0.0  # share of training labels flipped at random
+    sample_temperature: float = 1.0
+    max_new_tokens: int = 24
+
+    def __post_init__(self):
+        for name in ("pairs", "eval_pairs", "sft_samples", "max_new_tokens"):
+            _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+        _check(self.label_temperature >= 0, "label_temperature", "expected a number >= 0")
+        _check(0 <= self.flip_fraction <= 0.5, "flip_fraction", "expected a fraction in [0, 0.5]")
+        _check(self.sample_temperature > 0, "sample_temperature", "expected a number > 0")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Bradley–Terry reward model(s); ``members > 1`` trains a seed ensemble."""
+
+    members: int = 5
+    bootstrap: bool = False  # each member trains on a bootstrap resample of the pairs
+    backbone: Optional[str] = None  # None: initialise from the SFT model; else any HF model path
+    dataset: Optional[str] = None  # external prompt/chosen/rejected JSONL; None: the preference stage's
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    margin: float = 0.0
+    max_length: int = 64
+
+    def __post_init__(self):
+        for name in ("members", "epochs", "batch_size", "max_length"):
+            _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+        _check(self.lr > 0, "lr", "expected a number > 0")
+        _check(self.margin >= 0, "margin", "expected a number >= 0")
+
+
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "runtime": RuntimeConfig,
@@ -166,6 +208,8 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "sft": SFTConfig,
+    "preferences": PreferencesConfig,
+    "reward": RewardConfig,
 }
 
 
@@ -180,6 +224,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -69,15 +69,18 @@ def load_causal_lm(path: str | Path) -> torch.nn.Module:
         raise UserError(f"{path}: cannot load a causal LM ({str(err).splitlines()[0]})") from None
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int, add_eos: bool = True):
-    """Right-padded ``<bos> text <eos>`` ids and attention mask, each (B, T)."""
+def encode_texts(tokenizer, texts: list[str], max_length: int, ended: list[bool] | None = None):
+    """Right-padded ``<bos> text [<eos>]`` ids and attention mask, each (B, T).
+
+    ``ended[i]`` says whether text i gets its <eos> (all do by default); truncation to
+    ``max_length`` keeps the <eos>, so a reward model still sees where the response ended.
+    """
+    ended = [True] * len(texts) if ended is None else ended
     ids = [
-        [tokenizer.bos_token_id]
-        + tokenizer.encode(t, add_special_tokens=False)
-        + ([tokenizer.eos_token_id] if add_eos else [])
-        for t in texts
+        ([tokenizer.bos_token_id] + tokenizer.encode(t, add_special_tokens=False))[: max_length - int(e)]
+        + ([tokenizer.eos_token_id] if e else [])
+        for t, e in zip(texts, ended)
     ]
-    ids = [seq[:max_length] for seq in ids]
     width = max(len(seq) for seq in ids)
     input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)

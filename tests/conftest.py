@@ -26,6 +26,8 @@ def tiny_config(root, tracking_uri: str, **overrides) -> Config:
         data={"train_samples": 2000, "val_samples": 200, "train_prompts": 256, "eval_prompts": 32},
         model={"n_layer": 2, "n_embd": 32, "n_head": 2},
         sft={"epochs": 2, "batch_size": 64, "lr": 3e-3, "warmup_steps": 10, "num_samples": 2},
+        preferences={"pairs": 1000, "eval_pairs": 300, "sft_samples": 256},
+        reward={"members": 2, "epochs": 3, "batch_size": 32, "lr": 2e-3},
     )
     return base.replace(**overrides) if overrides else base
 
@@ -57,3 +59,17 @@ def sft_stage(tiny_cfg, data_stage):
     from pipelines import sft
 
     return sft.run(tiny_cfg)
+
+
+@pytest.fixture(scope="session")
+def preferences_stage(tiny_cfg, sft_stage):
+    from pipelines import preferences
+
+    return preferences.run(tiny_cfg)
+
+
+@pytest.fixture(scope="session")
+def reward_stage(tiny_cfg, preferences_stage):
+    from pipelines import reward
+
+    return reward.run(tiny_cfg)

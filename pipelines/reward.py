@@ -1,0 +1,169 @@
+"""Reward stage: train ``reward.members`` Bradley–Terry reward models and measure their quality.
+
+Outputs (``paths.reward``): ``member_<k>/`` (each loads with AutoModelForSequenceClassification;
+normalisation in its config.json), ``metrics.json`` (per member and for the ensemble mean),
+``config.yaml``. MLflow: a parent run ``reward`` with one nested run per member.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from rlhf_lab import config as config_lib
+from rlhf_lab.config import Config
+from rlhf_lab.data import DataError, read_jsonl, write_json
+from rlhf_lab.models import encode_texts, load_tokenizer
+from rlhf_lab.preference import (
+    expected_calibration_error,
+    normalisation,
+    pairwise_accuracy,
+    preference_log_loss,
+    sigmoid,
+    spearman,
+)
+from rlhf_lab.reward_model import RewardModule, load_reward_backbone, score_texts
+from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main, tracking_uri
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def load_pairs(path: Path) -> list[dict]:
+    rows = read_jsonl(path, required=PAIR_FIELDS)
+    for number, row in enumerate(rows, start=1):
+        for key in ("chosen_gold", "rejected_gold"):
+            if key in row and not isinstance(row[key], (int, float)):
+                raise DataError(f"{path}:{number}: {key} must be a number")
+    return rows
+
+
+def pair_datasets(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) pairs: the preference stage's, or an external file split 90/10."""
+    if cfg.reward.dataset is None:
+        prefs = Path(cfg.paths.preferences)
+        return load_pairs(prefs / "train.jsonl"), load_pairs(prefs / "eval.jsonl")
+    rows = load_pairs(Path(cfg.reward.dataset))
+    order = np.random.default_rng(cfg.runtime.seed).permutation(len(rows))
+    n_eval = max(1, len(rows) // 10)
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def side(rows: list[dict], which: str) -> tuple[list[str], list[bool]]:
+    """``prompt response`` texts and ended flags of the ``chosen`` or ``rejected`` side."""
+    return [f"{r['prompt']} {r[which]}" for r in rows], [r.get(f"{which}_ended", True) for r in rows]
+
+
+def encode_side(tokenizer, rows: list[dict], which: str, max_length: int):
+    texts, ended = side(rows, which)
+    return encode_texts(tokenizer, texts, max_length, ended)
+
+
+def pair_loader(tokenizer, rows, max_length: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    c_ids, c_mask = encode_side(tokenizer, rows, "chosen", max_length)
+    r_ids, r_mask = encode_side(tokenizer, rows, "rejected", max_length)
+    generator = torch.Generator().manual_seed(seed)
+    dataset = TensorDataset(c_ids, c_mask, r_ids, r_mask)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def quality(prob: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, gold_labels: np.ndarray,
+            sft_scores: np.ndarray | None, sft_gold: np.ndarray | None) -> dict:  # fmt: skip
+    """Held-out accuracy, log-loss and calibration of ``prob`` = P(chosen ≻ rejected) on the
+    Bradley–Terry scale, and the proxy–gold rank correlation on fresh SFT samples."""
+    metrics = {
+        "rm/accuracy": pairwise_accuracy(chosen, rejected, gold_labels),
+        "rm/log_loss": preference_log_loss(prob, gold_labels),
+        "rm/ece": expected_calibration_error(prob, gold_labels),
+    }
+    if sft_gold is not None:
+        metrics["rm/spearman_sft"] = spearman(sft_scores, sft_gold)
+    return metrics
+
+
+def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_run_id: str):
+    r = cfg.reward
+    apply_runtime(cfg.runtime, seed_offset=k)
+    rows = train_rows
+    if r.bootstrap:
+        pick = np.random.default_rng([cfg.runtime.seed, k]).integers(len(rows), size=len(rows))
+        rows = [rows[i] for i in pick]
+    train = pair_loader(tokenizer, rows, r.max_length, r.batch_size, True, seed=cfg.runtime.seed + k)
+    val = pair_loader(tokenizer, eval_rows, r.max_length, 256, False, seed=0)
+    model = load_reward_backbone(r.backbone or cfg.paths.sft, seed=cfg.runtime.seed * 1000 + k)
+    module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train))
+    logger = mlflow_logger(
+        cfg, "reward", run_name=f"reward-member-{k}",
+        tags={"mlflow.parentRunId": parent_run_id, "member": str(k)},
+    )  # fmt: skip
+    trainer = make_trainer(cfg.runtime, logger, max_epochs=r.epochs, log_every_n_steps=10)
+    trainer.fit(module, train, val)
+    return model, logger
+
+
+def run(cfg: Config) -> dict:
+    from mlflow import MlflowClient
+
+    r = cfg.reward
+    train_rows, eval_rows = pair_datasets(cfg)
+    tokenizer = load_tokenizer(r.backbone or cfg.paths.sft)
+    eval_labels = np.array(
+        [r_.get("chosen_gold", 1) >= r_.get("rejected_gold", 0) for r_ in eval_rows], dtype=bool
+    )
+    fresh_path = Path(cfg.paths.preferences) / "sft_samples.jsonl"
+    fresh = read_jsonl(fresh_path) if r.dataset is None and fresh_path.is_file() else None
+    sft_gold = np.array([row["gold"] for row in fresh]) if fresh else None
+
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+    parent = client.create_run(experiment_id, run_name="reward", tags={"stage": "reward"}).info.run_id
+
+    metrics: dict = {}
+    member_scores = []  # normalised held-out rewards per member: (chosen, rejected, fresh)
+    with replacing_dir(cfg.paths.reward) as out:
+        for k in range(r.members):
+            model, logger = train_member(cfg, k, train_rows, eval_rows, tokenizer, parent)
+            # Normalise on SFT-policy samples: mean 0, std 1 there (the PPO starting distribution).
+            calib_texts, calib_ended = (
+                ([f"{x['prompt']} {x['response']}" for x in fresh], [x["ended"] for x in fresh])
+                if fresh else side(train_rows, "chosen")
+            )  # fmt: skip
+            raw_fresh = score_texts(model, tokenizer, calib_texts, calib_ended, r.max_length).numpy()
+            gain, bias = normalisation(raw_fresh)
+            model.config.reward_gain, model.config.reward_bias = gain, bias
+            raw = [score_texts(model, tokenizer, *side(eval_rows, s), r.max_length).numpy()
+                   for s in ("chosen", "rejected")]  # fmt: skip
+            # Calibration lives on the raw Bradley–Terry scale the model was trained on.
+            prob = sigmoid(raw[0] - raw[1])
+            scores = [gain * x + bias for x in (*raw, raw_fresh)]  # normalised: chosen, rejected, fresh
+            member_scores.append((prob, *scores))
+            member = quality(prob, scores[0], scores[1], eval_labels, scores[2], sft_gold)
+            metrics[f"member_{k}"] = member
+            logger.log_metrics(member)
+            model.save_pretrained(out / f"member_{k}")
+            tokenizer.save_pretrained(out / f"member_{k}")
+            logger.experiment.set_tag(logger.run_id, "path", str(Path(cfg.paths.reward) / f"member_{k}"))
+            logger.finalize("success")
+        # The ensemble's prediction averages member probabilities; its reward is the mean objective.
+        prob, chosen, rejected, fresh_scores = (np.mean([s[i] for s in member_scores], axis=0) for i in range(4))
+        metrics["ensemble"] = quality(prob, chosen, rejected, eval_labels, fresh_scores, sft_gold)
+        metrics["ensemble"]["rm/members"] = r.members
+        write_json(out / "metrics.json", metrics)
+        config_lib.save(cfg, out / "config.yaml")
+        (out / "mlflow_run_id").write_text(parent + "\n")
+    for key, value in metrics["ensemble"].items():
+        client.log_metric(parent, f"ensemble/{key}", value)
+    client.log_artifact(parent, str(Path(cfg.paths.reward) / "metrics.json"))
+    client.set_terminated(parent)
+    return metrics
+
+
+def main() -> None:
+    stage_main(run, __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

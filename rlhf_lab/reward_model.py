@@ -1,0 +1,135 @@
+"""Reward models: a transformer backbone with a scalar head, read at the last non-padding token.
+
+A reward model is a plain ``AutoModelForSequenceClassification`` with one label, so
+``transformers`` loads a saved member as it is. Its normalisation constants are stored in its
+``config.json`` (``reward_gain``, ``reward_bias``): normalised reward = gain · raw + bias.
+For right-padded input whose pad token differs from <eos>, HF's own forward reads the same token
+as :func:`last_token_scores`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from rlhf_lab.config import UserError
+from rlhf_lab.generation import position_ids
+from rlhf_lab.models import encode_texts
+from rlhf_lab.preference import bradley_terry_loss
+from rlhf_lab.sft import check_finite
+
+
+def load_reward_backbone(path: str | Path, seed: int) -> torch.nn.Module:
+    """A sequence classifier with one label from a causal-LM (or classifier) checkpoint.
+
+    Dropout is switched off (its noise biases the Bradley–Terry targets) and the head is drawn
+    from N(0, 1/(d+1)) (Stiennon et al. 2020), seeded so ensemble members differ.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), num_labels=1)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load a reward backbone ({str(err).splitlines()[0]})") from None
+    for name, value in config.to_dict().items():
+        if isinstance(value, float) and ("dropout" in name or "pdrop" in name):
+            setattr(config, name, 0.0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
+    head = score_head(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        d = head.weight.shape[1]
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / math.sqrt(d + 1))
+        if head.bias is not None:
+            head.bias.zero_()
+    return model
+
+
+def score_head(model) -> torch.nn.Linear:
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise UserError(f"{type(model).__name__}: expected a scalar `score` head (decoder-only model)")
+    return head
+
+
+def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The head applied at every position: (B, T). Used for rewards (last token) and values."""
+    hidden = model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).last_hidden_state
+    return score_head(model)(hidden).squeeze(-1)
+
+
+def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of a mask: (B,)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask).argmax(-1)
+
+
+def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Raw rewards read at the last non-padding token: (B,)."""
+    scores = token_scores(model, input_ids, attention_mask)
+    return scores.gather(1, last_index(attention_mask)[:, None]).squeeze(1)
+
+
+def normalised(model, raw: torch.Tensor) -> torch.Tensor:
+    """gain · raw + bias with the constants saved in the model's config (identity if none)."""
+    return getattr(model.config, "reward_gain", 1.0) * raw + getattr(model.config, "reward_bias", 0.0)
+
+
+class RewardModule(pl.LightningModule):
+    """Bradley–Terry training. Batches: (chosen_ids, chosen_mask, rejected_ids, rejected_mask)."""
+
+    def __init__(self, model, lr: float, weight_decay: float, margin: float, total_steps: int):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.margin, self.total_steps = lr, weight_decay, margin, total_steps
+
+    def _rewards(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        c_ids, c_mask, r_ids, r_mask = batch
+        width = max(c_ids.shape[1], r_ids.shape[1])
+        pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
+        # One forward for both sides: (2B, T)
+        scores = last_token_scores(
+            self.model, torch.cat([pad(c_ids), pad(r_ids)]), torch.cat([pad(c_mask), pad(r_mask)])
+        )
+        return scores.chunk(2)
+
+    def training_step(self, batch, batch_idx):
+        chosen, rejected = self._rewards(batch)
+        loss = bradley_terry_loss(chosen, rejected, self.margin)
+        check_finite(loss, f"reward model step {self.global_step}")
+        self.log("rm/train_loss", loss, prog_bar=True)
+        self.log("rm/train_accuracy", (chosen > rejected).float().mean())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        chosen, rejected = self._rewards(batch)
+        self.log("rm/val_loss", bradley_terry_loss(chosen, rejected), prog_bar=True)
+        self.log("rm/val_accuracy", (chosen > rejected).float().mean(), prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # Linear decay to zero, the usual reward-model schedule (Ouyang et al. 2022).
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1 - step / max(1, self.total_steps))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@torch.no_grad()
+def score_texts(
+    model, tokenizer, texts: list[str], ended: list[bool], max_length: int = 1024, batch_size: int = 256
+) -> torch.Tensor:
+    """Raw rewards of ``prompt response`` texts (<eos> appended where the response ended): (N,)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        stop = start + batch_size
+        ids, mask = encode_texts(tokenizer, texts[start:stop], max_length, ended[start:stop])
+        out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,90 @@
+"""Preference and reward stages end to end on the tiny config."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf_lab.data import DataError, read_jsonl
+from rlhf_lab.models import encode_texts
+from rlhf_lab.reward_model import last_token_scores
+
+
+def test_preference_pairs_follow_the_convention(tiny_cfg, preferences_stage):
+    rows = read_jsonl(Path(tiny_cfg.paths.preferences) / "train.jsonl", required=("prompt", "chosen", "rejected"))
+    assert len(rows) == 1000
+    assert all(r["chosen"] != r["rejected"] for r in rows)
+    # Noise-free, deterministic labels: chosen never has the lower gold.
+    assert all(r["chosen_gold"] >= r["rejected_gold"] for r in rows)
+
+
+def test_reward_ensemble_beats_chance_clearly(tiny_cfg, reward_stage):
+    for name in ("member_0", "member_1", "ensemble"):
+        assert reward_stage[name]["rm/accuracy"] > 0.65, (name, reward_stage[name])
+        assert reward_stage[name]["rm/spearman_sft"] > 0.3
+    saved = json.loads((Path(tiny_cfg.paths.reward) / "metrics.json").read_text())
+    assert saved["ensemble"]["rm/accuracy"] == reward_stage["ensemble"]["rm/accuracy"]
+
+
+def test_member_loads_with_plain_transformers_and_is_normalised(tiny_cfg, reward_stage):
+    path = Path(tiny_cfg.paths.reward) / "member_1"
+    model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    rows = read_jsonl(Path(tiny_cfg.paths.preferences) / "sft_samples.jsonl")
+    texts = [f"{r['prompt']} {r['response']}" for r in rows]
+    ids, mask = encode_texts(tok, texts, 64, [r["ended"] for r in rows])
+    with torch.no_grad():
+        hf = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+        ours = last_token_scores(model, ids, mask)
+    torch.testing.assert_close(hf, ours, atol=1e-4, rtol=1e-4)
+    z = model.config.reward_gain * ours.numpy() + model.config.reward_bias
+    assert abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-3
+
+
+def test_members_differ_and_are_nested_runs_in_mlflow(tiny_cfg, reward_stage):
+    a = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.paths.reward) / "member_0"))
+    b = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.paths.reward) / "member_1"))
+    assert not torch.equal(a.score.weight, b.score.weight)
+    parent = (Path(tiny_cfg.paths.reward) / "mlflow_run_id").read_text().strip()
+    runs = mlflow.search_runs(
+        experiment_names=[tiny_cfg.tracking.experiment],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+        output_format="list",
+    ) if mlflow.set_tracking_uri(tiny_cfg.tracking.tracking_uri) is None else []
+    assert len(runs) == 2
+    assert all("rm/accuracy" in r.data.metrics for r in runs)
+
+
+def test_external_preference_dataset_with_a_malformed_line(tmp_path, tiny_cfg, reward_stage):
+    from pipelines import reward
+
+    good = {"prompt": "the plot", "chosen": "was good .", "rejected": "was bad ."}
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "the plot", "chosen": "x"}) + "\n")
+    cfg = tiny_cfg.replace(reward={"dataset": str(path)}, paths={"reward": str(tmp_path / "rm")})
+    with pytest.raises(DataError, match=r"prefs.jsonl:2: missing string field 'rejected'"):
+        reward.run(cfg)
+    assert not (tmp_path / "rm").exists()  # nothing half-written
+
+
+def test_external_preference_dataset_trains(tmp_path, tiny_cfg, reward_stage):
+    from pipelines import reward
+
+    rng = np.random.default_rng(0)
+    words = ["good", "great", "lovely", "bad", "awful", "dull"]
+    rows = []
+    for _ in range(200):
+        pos, neg = rng.choice(words[:3]), rng.choice(words[3:])
+        rows.append({"prompt": "the plot", "chosen": f"was {pos} .", "rejected": f"was {neg} ."})
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = tiny_cfg.replace(
+        reward={"dataset": str(path), "members": 1, "epochs": 3}, paths={"reward": str(tmp_path / "rm")}
+    )
+    metrics = reward.run(cfg)
+    assert metrics["ensemble"]["rm/accuracy"] > 0.9
+    assert "rm/spearman_sft" not in metrics["ensemble"]  # no gold for external data
