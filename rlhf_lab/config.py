@@ -200,6 +200,63 @@ class RewardConfig:
         _check(self.margin >= 0, "margin", "expected a number >= 0")
 
 
+@dataclass(frozen=True)
+class PPOConfig:
+    """One PPO run (Ziegler et al. 2019; Huang et al. 2024 for the implementation details)."""
+
+    run_name: str = "default"
+    seed: int = 0  # added to runtime.seed: repeats of one setting differ only here
+    iterations: int = 200
+    batch_size: int = 64  # prompts (= responses) per iteration
+    ppo_epochs: int = 2
+    minibatches: int = 2
+    # reward
+    reward_objective: Literal["single", "mean", "wco", "uwo"] = "single"
+    uwo_lambda: float = 0.5  # mean - lambda * variance across members
+    members: Optional[int] = None  # use the first N ensemble members; None = all
+    whiten_rewards: bool = False
+    missing_eos_penalty: Optional[float] = None  # subtracted from the score of unfinished responses
+    # KL penalty
+    beta: float = 0.02  # initial beta when adaptive
+    adaptive_kl: bool = False
+    target_kl: float = 6.0  # nats per response, for the adaptive controller
+    kl_horizon: int = 10000  # responses
+    # losses and optimisation
+    clip_eps: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    lr: float = 3.0e-4
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    max_grad_norm: float = 1.0
+    value_model: Literal["separate", "shared"] = "separate"  # separate: init from reward member 0
+    # generation
+    temperature: float = 1.0
+    max_new_tokens: int = 24
+    # evaluation and checkpoints
+    eval_every: int = 10
+    eval_texts: int = 4
+    checkpoint_every: int = 25
+
+    def __post_init__(self):
+        for name in ("iterations", "batch_size", "ppo_epochs", "minibatches", "max_new_tokens",
+                     "eval_every", "checkpoint_every", "kl_horizon"):  # fmt: skip
+            _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+        _check(self.batch_size % self.minibatches == 0, "minibatches", "must divide ppo.batch_size")
+        _check(self.members is None or self.members >= 1, "members", "expected null or an integer >= 1")
+        for name in ("beta", "clip_value", "vf_coef", "entropy_coef", "uwo_lambda", "max_grad_norm"):
+            _check(getattr(self, name) >= 0, name, "expected a number >= 0")
+        _check(0 < self.clip_eps < 1, "clip_eps", "expected a number in (0, 1)")
+        _check(self.target_kl > 0, "target_kl", "expected a number > 0")
+        _check(0 <= self.gamma <= 1, "gamma", "expected a number in [0, 1]")
+        _check(0 <= self.lam <= 1, "lam", "expected a number in [0, 1]")
+        _check(self.lr > 0, "lr", "expected a number > 0")
+        _check(self.temperature > 0, "temperature", "expected a number > 0")
+
+
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "runtime": RuntimeConfig,
@@ -210,6 +267,7 @@ SECTIONS: dict[str, type] = {
     "sft": SFTConfig,
     "preferences": PreferencesConfig,
     "reward": RewardConfig,
+    "ppo": PPOConfig,
 }
 
 
@@ -226,6 +284,17 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    # Named PPO runs for dvc.yaml's foreach: name -> overrides of the ``ppo`` section.
+    ppo_runs: dict = field(default_factory=dict)
+
+    def ppo_run(self, name: str) -> "Config":
+        """This config with ``ppo_runs[name]`` applied to the ``ppo`` section and run_name set."""
+        if name not in self.ppo_runs:
+            raise ConfigError(f"ppo_runs.{name}: no such run; defined runs: {', '.join(self.ppo_runs) or 'none'}")
+        overrides = {**self.ppo_runs[name], "run_name": name}
+        ppo = section_from_dict(PPOConfig, {**self.to_dict()["ppo"], **overrides}, f"ppo_runs.{name}")
+        return dataclasses.replace(self, ppo=ppo)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -234,7 +303,10 @@ class Config:
         """A copy with some keys of some sections changed: ``cfg.replace(ppo={"beta": 0.1})``."""
         data = self.to_dict()
         for section, values in overrides.items():
-            data[section].update(values)
+            if section == "ppo_runs":
+                data[section] = values
+            else:
+                data[section].update(values)
         return from_dict(data)
 
 
@@ -341,12 +413,18 @@ def from_dict(data: Any) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("params.yaml: expected a mapping of sections at the top level")
-    unknown = sorted(set(data) - set(SECTIONS))
+    unknown = sorted(set(data) - set(SECTIONS) - {"ppo_runs"})
     if unknown:
-        raise ConfigError(
-            f"{unknown[0]}: unknown section; allowed sections are: {', '.join(SECTIONS)}"
-        )
-    return Config(**{s: section_from_dict(cls, data.get(s), s) for s, cls in SECTIONS.items()})
+        allowed = ", ".join([*SECTIONS, "ppo_runs"])
+        raise ConfigError(f"{unknown[0]}: unknown section; allowed sections are: {allowed}")
+    cfg = Config(**{s: section_from_dict(cls, data.get(s), s) for s, cls in SECTIONS.items()})
+    runs = data.get("ppo_runs") or {}
+    if not isinstance(runs, dict) or not all(isinstance(v, dict) for v in runs.values()):
+        raise ConfigError("ppo_runs: expected a mapping of run name -> mapping of ppo keys")
+    cfg = dataclasses.replace(cfg, ppo_runs={str(k): dict(v) for k, v in runs.items()})
+    for name in cfg.ppo_runs:
+        cfg.ppo_run(name)  # validate every run's overrides now, before any stage starts
+    return cfg
 
 
 def load(path: str | Path = "params.yaml") -> Config:

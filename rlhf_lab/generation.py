@@ -16,6 +16,7 @@ class Samples:
     response_ids: torch.Tensor  # (B, R)
     response_mask: torch.Tensor  # (B, R) 1 up to and including <eos>
     ended: torch.Tensor  # (B,) bool: the response emitted <eos>
+    logprobs: torch.Tensor  # (B, R) log-prob of each sampled token under the sampling distribution
 
     @property
     def sequence_ids(self) -> torch.Tensor:
@@ -62,15 +63,17 @@ def sample(
     past, logits = out.past_key_values, out.logits[:, -1]
     next_position = position_ids(mask)[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens = []
+    tokens, logprobs = [], []
     for step in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)  # (B, V)
         if temperature > 0:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
         else:
             token = logits.argmax(-1)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
+        # PPO's old log-probs come from here: the very distribution the token was drawn from.
+        logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
         done = done | (token == eos_token_id)
         if step == max_new_tokens - 1 or bool(done.all()):
             break
@@ -88,7 +91,8 @@ def sample(
     response_mask = response_mask_from_ids(response, eos_token_id)
     response = torch.where(response_mask.bool(), response, torch.full_like(response, pad_token_id))
     ended = ((response == eos_token_id) & response_mask.bool()).any(-1)
-    return Samples(prompt_ids, prompt_mask, response, response_mask, ended)
+    token_logprobs = torch.stack(logprobs, dim=1) * response_mask
+    return Samples(prompt_ids, prompt_mask, response, response_mask, ended, token_logprobs)
 
 
 def response_mask_from_ids(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:

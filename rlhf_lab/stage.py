@@ -29,6 +29,10 @@ def configure_environment() -> None:
         "DVC_NO_ANALYTICS": "1",
     }.items():
         os.environ.setdefault(key, value)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the stage's own output
+    hf_logging.set_verbosity_error()
 
 
 def apply_runtime(runtime: RuntimeConfig, seed_offset: int = 0) -> None:
@@ -74,6 +78,7 @@ def make_trainer(runtime: RuntimeConfig, logger, **kwargs):
     """A Lightning Trainer whose hardware comes from params.yaml's ``runtime`` section."""
     import lightning.pytorch as pl
 
+    kwargs.setdefault("enable_checkpointing", False)
     return pl.Trainer(
         accelerator=runtime.accelerator,
         devices=runtime.devices,
@@ -81,7 +86,6 @@ def make_trainer(runtime: RuntimeConfig, logger, **kwargs):
         strategy=runtime.strategy,
         precision=runtime.precision,
         logger=logger,
-        enable_checkpointing=False,
         enable_model_summary=False,
         deterministic=False,
         **kwargs,
@@ -111,15 +115,21 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def stage_main(run: Callable[[Config], dict], description: str) -> None:
-    """Command-line entry of a stage: ``python -m pipelines.<stage> [--params params.yaml]``."""
+def stage_main(run: Callable[..., dict], description: str, options: dict[str, str] | None = None) -> None:
+    """Command-line entry of a stage: ``python -m pipelines.<stage> [--params params.yaml]``.
+
+    ``options`` adds string options (name -> help), passed to ``run`` as keyword arguments.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
-    args = parser.parse_args()
+    for option, help_text in (options or {}).items():
+        parser.add_argument(option, default=None, help=help_text)
+    args = vars(parser.parse_args())
+    params = args.pop("params")
     configure_environment()
     try:
-        cfg = config_lib.load(args.params)
-        metrics = run(cfg)
+        cfg = config_lib.load(params)
+        metrics = run(cfg, **args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,116 @@
+"""Benchmark (not a test): our PPO loop vs TRL 0.29.1's PPOTrainer on the identical configuration.
+
+Both sides: 2-layer d=128 GPT-2 policy, reference, value and reward models (four separate
+models), vocab 512, batch 64, prompt 8, response 32, 4 PPO epochs x 1 minibatch, lr 1e-4,
+temperature 1, random initialisation, CPU. The first iteration is warm-up; the rest are timed.
+TRL runs in its own environment (``make bench`` creates ``.venv-trl``) through the peer script
+``../shared/bench/trl_ppo_peer.py``. The last line printed is JSON with ``ours_samples_per_s``,
+``trl_samples_per_s`` and ``ratio``.
+
+usage: python benchmarks/ppo_vs_trl.py [--iters 6] [--trl-python .venv-trl/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from rlhf_lab.config import PPOConfig, RuntimeConfig
+from rlhf_lab.ppo import PPOModule
+from rlhf_lab.stage import configure_environment, make_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Stamps(Callback):
+    def __init__(self, steps_per_iteration: int):
+        self.steps_per_iteration, self.times = steps_per_iteration, []
+        self.rollout_fraction = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter())
+        self.rollout_fraction.append(float(trainer.callback_metrics["perf/rollout_fraction"]))
+
+
+def ours(a) -> dict:
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=a.vocab, n_positions=128, n_embd=a.dim, n_layer=a.layers, n_head=4,
+                     bos_token_id=2, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    ccfg = GPT2Config(**{**cfg.to_dict(), "num_labels": 1})
+    policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
+    reward, value = GPT2ForSequenceClassification(ccfg), GPT2ForSequenceClassification(ccfg)
+    ppo = PPOConfig(iterations=a.iters, batch_size=a.batch, ppo_epochs=a.epochs, minibatches=a.minibatches,
+                    max_new_tokens=a.resp, lr=1e-4, temperature=1.0, beta=0.05)  # fmt: skip
+    module = PPOModule(ppo, policy, ref, [reward], value, eos_token_id=2, pad_token_id=0)
+    prompts = torch.randint(3, a.vocab, (a.batch * a.iters, a.prompt))
+    data = torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts))
+    loader = torch.utils.data.DataLoader(data, batch_size=a.batch)
+    steps = a.epochs * a.minibatches
+    stamps = Stamps(steps)
+    trainer = make_trainer(RuntimeConfig(), logger=False, max_steps=a.iters * steps, callbacks=[stamps],
+                           enable_progress_bar=False)  # fmt: skip
+    trainer.fit(module, loader)
+    dts = [b - c for c, b in zip(stamps.times, stamps.times[1:])]
+    return {
+        "samples_per_s": round(a.batch / (sum(dts) / len(dts)), 2),
+        "iters_timed": len(dts),
+        "rollout_fraction": round(sum(stamps.rollout_fraction[1:]) / len(dts), 3),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def trl(a) -> dict:
+    peer = Path(a.peer)
+    if not Path(a.trl_python).is_file() or not peer.is_file():
+        raise SystemExit(f"TRL side needs {a.trl_python} (make bench creates it) and {peer}")
+    cmd = [a.trl_python, str(peer), "--layers", str(a.layers), "--dim", str(a.dim), "--batch", str(a.batch),
+           "--resp", str(a.resp), "--prompt", str(a.prompt), "--epochs", str(a.epochs),
+           "--minibatches", str(a.minibatches), "--iters", str(a.iters), "--vocab", str(a.vocab)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--prompt", type=int, default=8)
+    p.add_argument("--resp", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--minibatches", type=int, default=1)
+    p.add_argument("--iters", type=int, default=6)
+    p.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
+    p.add_argument("--peer", default=str(ROOT.parent / "shared" / "bench" / "trl_ppo_peer.py"))
+    p.add_argument("--skip-trl", action="store_true")
+    a = p.parse_args()
+    configure_environment()
+    result = {"config": {k: v for k, v in vars(a).items() if k not in ("trl_python", "peer", "skip_trl")}}
+    result["ours"] = ours(a)
+    print(f"ours: {result['ours']}", file=sys.stderr)
+    if not a.skip_trl:
+        result["trl"] = trl(a)
+        print(f"trl:  {result['trl']}", file=sys.stderr)
+    ours_sps = result["ours"]["samples_per_s"]
+    trl_sps = result.get("trl", {}).get("samples_per_s")
+    print(json.dumps({
+        "ours_samples_per_s": ours_sps,
+        "trl_samples_per_s": trl_sps,
+        "ratio": round(ours_sps / trl_sps, 2) if trl_sps else None,
+        "ours_rollout_fraction": result["ours"]["rollout_fraction"],
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

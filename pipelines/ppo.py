@@ -1,0 +1,205 @@
+"""PPO stage: one RLHF run against the proxy reward, measured against gold as it trains.
+
+``python -m pipelines.ppo [--run-name NAME]``: NAME picks an entry of ``ppo_runs`` in params.yaml (its keys
+override the ``ppo`` section); without it the ``ppo`` section runs as it is, named ``ppo.run_name``.
+
+Outputs (``paths.ppo``/NAME): ``policy/`` (save_pretrained), ``eval_history.csv`` (step, kl, gold,
+proxy, proxy_<k>, ...), ``samples.jsonl``, ``metrics.json`` (gold_peak, gold_final, proxy_final,
+kl_final), ``config.yaml``, ``mlflow_run_id``. A killed run resumes from
+``paths.ppo``/.checkpoints/NAME when rerun with the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from rlhf_lab import config as config_lib
+from rlhf_lab import ppo_math as pm
+from rlhf_lab.config import Config, UserError
+from rlhf_lab.data import read_texts, write_json, write_jsonl
+from rlhf_lab.ensemble import aggregate, disagreement
+from rlhf_lab.generation import decode_responses, left_pad, position_ids, sample
+from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
+from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
+from rlhf_lab.task import gold_reward
+
+
+def member_paths(cfg: Config) -> list[Path]:
+    root = Path(cfg.paths.reward)
+    paths = sorted(root.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not paths:
+        raise UserError(f"{root}: no reward model members (run the reward stage first)")
+    return paths[: cfg.ppo.members] if cfg.ppo.members else paths
+
+
+def load_frozen_reward(path: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+
+
+class Evaluator:
+    """Every ``eval_every`` iterations: gold, every member's proxy, disagreement and KL on fixed
+    held-out prompts, with a fixed sampling seed so successive evaluations are paired."""
+
+    def __init__(self, cfg: Config, tokenizer, prompts: list[str], logger):
+        self.cfg, self.tokenizer, self.prompts, self.logger = cfg, tokenizer, prompts, logger
+        self.ids, self.mask = left_pad(tokenizer, prompts)
+        self.gold = gold_reward(cfg)
+
+    @torch.no_grad()
+    def __call__(self, module: PPOModule, iteration: int) -> None:
+        if module.history and module.history[-1]["step"] == iteration:
+            return
+        cfg = self.cfg.ppo
+        device = module.device
+        was_training = module.policy.training
+        module.policy.eval()
+        generator = torch.Generator(device=device).manual_seed(self.cfg.runtime.seed + 12345)
+        ids, mask = self.ids.to(device), self.mask.to(device)
+        out = sample(module.policy, ids, mask, cfg.max_new_tokens, module.eos_token_id, module.pad_token_id,
+                     temperature=cfg.temperature, generator=generator)  # fmt: skip
+        seq, seq_mask, rmask = out.sequence_ids, out.sequence_mask, out.response_mask
+        P, R = ids.shape[1], rmask.shape[1]
+        pos = position_ids(seq_mask)
+        logits = module.policy(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, P - 1 : P - 1 + R]
+        ref = module.ref_policy(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, P - 1 : P - 1 + R]
+        ref_logprobs = pm.logprobs_from_logits(ref, out.response_ids, cfg.temperature)
+        members = module.score(seq, seq_mask)  # (K, B)
+        proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)
+        per_seq = lambda x: (x * rmask).sum(1).mean().item()  # noqa: E731
+        row = {
+            "step": iteration,
+            "kl": per_seq(pm.kl_exact(logits, ref, cfg.temperature)),
+            "kl_k1": per_seq(pm.kl_k1(out.logprobs, ref_logprobs)),
+            "kl_k3": per_seq(pm.kl_k3(out.logprobs, ref_logprobs)),
+            "proxy": proxy.mean().item(),
+            **{f"proxy_{k}": members[k].mean().item() for k in range(members.shape[0])},
+            "disagreement": disagreement(members).mean().item() if members.shape[0] > 1 else 0.0,
+            "length": rmask.sum(1).float().mean().item(),
+            "eos_rate": out.ended.float().mean().item(),
+            "beta": module.kl_ctl.value,
+        }
+        responses = decode_responses(self.tokenizer, out)
+        texts = [f"{p} {r}" for p, r in zip(self.prompts, responses)]
+        gold = self.gold(texts, out.ended.tolist()) if self.gold is not None else None
+        if gold is not None:
+            row["gold"] = float(gold.mean())
+            row["gold_se"] = float(gold.std() / len(gold) ** 0.5)
+        module.history.append(row)
+        for i in range(min(cfg.eval_texts, len(texts))):
+            module.samples_history.append({
+                "step": iteration, "prompt": self.prompts[i], "response": responses[i],
+                "ended": bool(out.ended[i]), "proxy": round(proxy[i].item(), 4),
+                **({"gold": round(float(gold[i]), 4)} if gold is not None else {}),
+            })  # fmt: skip
+        if self.logger is not None and module.trainer is not None and module.trainer.is_global_zero:
+            self.logger.log_metrics({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=iteration)
+        module.policy.train(was_training)
+
+
+def prompt_loader(tokenizer, prompts: list[str], batch_size: int, seed: int) -> DataLoader:
+    ids, mask = left_pad(tokenizer, prompts)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(ids, mask), batch_size=batch_size, shuffle=True, drop_last=True,
+                      generator=generator)  # fmt: skip
+
+
+def build_module(cfg: Config, tokenizer, evaluator=None) -> PPOModule:
+    members = member_paths(cfg)
+    policy = load_causal_lm(cfg.paths.sft)
+    ref = load_causal_lm(cfg.paths.sft)
+    rewards = [load_frozen_reward(p) for p in members]
+    value = None
+    if cfg.ppo.value_model == "separate":
+        # Value model initialised from the reward model (Huang et al. 2024); head kept.
+        value = load_frozen_reward(members[0]).train().requires_grad_(True)
+    return PPOModule(cfg.ppo, policy, ref, rewards, value, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                     evaluate=evaluator)  # fmt: skip
+
+
+def summary(history: list[dict]) -> dict:
+    frame = pd.DataFrame(history)
+    last = frame.iloc[-1]
+    metrics = {"proxy_final": float(last["proxy"]), "kl_final": float(last["kl"]), "steps": int(last["step"])}
+    if "gold" in frame:
+        peak = frame.loc[frame["gold"].idxmax()]
+        metrics.update({
+            "gold_peak": float(peak["gold"]), "gold_peak_step": int(peak["step"]),
+            "gold_peak_kl": float(peak["kl"]), "gold_final": float(last["gold"]),
+            "gold_initial": float(frame.iloc[0]["gold"]),
+        })  # fmt: skip
+    return metrics
+
+
+def run(cfg: Config, run_name: str | None = None, callbacks: list | None = None) -> dict:
+    if run_name is not None:
+        cfg = cfg.ppo_run(run_name)
+    name = cfg.ppo.run_name
+    apply_runtime(cfg.runtime, seed_offset=cfg.ppo.seed)
+    tokenizer = load_tokenizer(cfg.paths.sft)
+    data = Path(cfg.paths.data)
+    train = prompt_loader(tokenizer, read_texts(data / "prompts_train.jsonl", "prompt"), cfg.ppo.batch_size,
+                          cfg.runtime.seed + cfg.ppo.seed)  # fmt: skip
+    if len(train) == 0:
+        raise UserError(f"ppo.batch_size: {cfg.ppo.batch_size} is larger than the number of training prompts")
+    eval_prompts = read_texts(data / "prompts_eval.jsonl", "prompt")
+
+    logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}", tags={"ppo_run": name})
+    evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger)
+    module = build_module(cfg, tokenizer, evaluator)
+
+    # Resume only a checkpoint written under exactly this config.
+    ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name
+    resolved = ckpt_dir / "config.yaml"
+    config_lib_text = _config_text(cfg)
+    resume = ckpt_dir / "last.ckpt"
+    if not (resume.is_file() and resolved.is_file() and resolved.read_text() == config_lib_text):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpt_dir.mkdir(parents=True)
+        resolved.write_text(config_lib_text)
+    steps = optimizer_steps_per_iteration(cfg.ppo)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=cfg.ppo.checkpoint_every * steps,
+                                 enable_version_counter=False, save_top_k=1)  # fmt: skip
+    trainer = make_trainer(
+        cfg.runtime, logger, max_steps=cfg.ppo.iterations * steps, max_epochs=-1,
+        log_every_n_steps=steps, enable_checkpointing=True, callbacks=[checkpoint, *(callbacks or [])],
+    )  # fmt: skip
+    trainer.fit(module, train, ckpt_path=str(resume) if resume.is_file() else None)
+    evaluator(module, cfg.ppo.iterations)  # the final evaluation
+    metrics = summary(module.history)
+    if not trainer.is_global_zero:
+        return metrics
+    with replacing_dir(Path(cfg.paths.ppo) / name) as out:
+        module.policy.save_pretrained(out / "policy")
+        tokenizer.save_pretrained(out / "policy")
+        pd.DataFrame(module.history).to_csv(out / "eval_history.csv", index=False)
+        write_jsonl(out / "samples.jsonl", module.samples_history)
+        write_json(out / "metrics.json", metrics)
+        config_lib.save(cfg, out / "config.yaml")
+        (out / "mlflow_run_id").write_text(logger.run_id + "\n")
+        for artifact in ("eval_history.csv", "samples.jsonl", "metrics.json", "config.yaml"):
+            logger.experiment.log_artifact(logger.run_id, str(out / artifact))
+    logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return metrics
+
+
+def _config_text(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def main() -> None:
+    stage_main(run, __doc__.splitlines()[0], options={"--run-name": "a run name from params.yaml's ppo_runs"})
+
+
+if __name__ == "__main__":
+    main()

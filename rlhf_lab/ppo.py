@@ -1,0 +1,258 @@
+"""PPO for language models as a Lightning module (manual optimisation): plumbing around ppo_math.
+
+Four models: the policy (trainable, from SFT), a frozen reference (SFT), frozen reward model(s),
+and a value model (trainable; by default a copy of reward member 0, Huang et al. 2024 §"value
+model initialisation"; or a head shared with the policy). One ``training_step`` is one PPO
+iteration: 1 rollout, 2 score, 3 per-token rewards, 4 GAE, 5 K epochs × M minibatches of updates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import lightning.pytorch as pl
+import torch
+
+from rlhf_lab import ppo_math as pm
+from rlhf_lab.config import PPOConfig
+from rlhf_lab.ensemble import aggregate, disagreement
+from rlhf_lab.generation import Samples, position_ids, sample
+from rlhf_lab.reward_model import last_token_scores, normalised, token_scores
+from rlhf_lab.sft import check_finite
+
+
+@dataclass
+class Rollout:
+    """One iteration's experience; all response-aligned tensors are (B, R)."""
+
+    samples: Samples
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # (B,) the training score (objective, penalties, whitening applied)
+    member_scores: torch.Tensor  # (K, B) normalised rewards of every member
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """PPO's ratio π/π_old must compare the same deterministic function (Huang et al. 2024)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def make_kl_controller(cfg: PPOConfig):
+    if cfg.adaptive_kl:
+        return pm.AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon)
+    return pm.FixedKLController(cfg.beta)
+
+
+class PPOModule(pl.LightningModule):
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        policy: torch.nn.Module,
+        ref_policy: torch.nn.Module,
+        reward_models: list[torch.nn.Module],
+        value_model: torch.nn.Module | None,
+        eos_token_id: int,
+        pad_token_id: int,
+        evaluate: Callable[["PPOModule", int], None] | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints leave out the frozen models
+        self.cfg = cfg
+        self.policy, self.ref_policy = policy, ref_policy
+        self.reward_models = torch.nn.ModuleList(reward_models)
+        self.value_model = value_model
+        self.value_head = None
+        if cfg.value_model == "shared":
+            self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+        for model in (policy, ref_policy, *reward_models, *([value_model] if value_model else [])):
+            disable_dropout(model)
+        for frozen in (ref_policy, *reward_models):
+            frozen.requires_grad_(False).eval()
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self.kl_ctl = make_kl_controller(cfg)
+        self.evaluate_fn = evaluate
+        self.history: list[dict] = []  # evaluation rows; saved in checkpoints
+        self.samples_history: list[dict] = []
+
+    # ---------------------------------------------------------------- forward helpers
+    def _response_logits_and_values(self, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int):
+        """Policy logits predicting each response token (B, R, V) and values (B, R).
+
+        The value of response token t is read at the position before it, the state it was chosen in.
+        """
+        R = seq.shape[1] - prompt_len
+        out = self.policy(
+            input_ids=seq, attention_mask=mask, position_ids=position_ids(mask),
+            output_hidden_states=self.value_head is not None,
+        )  # fmt: skip
+        logits = out.logits[:, prompt_len - 1 : prompt_len - 1 + R]
+        if self.value_head is not None:
+            values = self.value_head(out.hidden_states[-1]).squeeze(-1)
+        else:
+            values = token_scores(self.value_model, seq, mask)
+        return logits, values[:, prompt_len - 1 : prompt_len - 1 + R]
+
+    @torch.no_grad()
+    def score(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Normalised rewards of every member: (K, B)."""
+        return torch.stack(
+            [normalised(rm, last_token_scores(rm, seq, mask).float()) for rm in self.reward_models]
+        )
+
+    # ---------------------------------------------------------------- 1-4: experience
+    @torch.no_grad()
+    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Rollout:
+        cfg = self.cfg
+        self.policy.eval()
+        # 1. generate (log-probs of the sampled tokens come from the sampling distribution itself)
+        samples = sample(
+            self.policy, prompt_ids, prompt_mask, cfg.max_new_tokens,
+            self.eos_token_id, self.pad_token_id, temperature=cfg.temperature,
+        )  # fmt: skip
+        seq, seq_mask, mask = samples.sequence_ids, samples.sequence_mask, samples.response_mask
+        P = prompt_ids.shape[1]
+        R = mask.shape[1]
+        ref_logits = self.ref_policy(input_ids=seq, attention_mask=seq_mask, position_ids=position_ids(seq_mask)).logits
+        ref_logprobs = pm.logprobs_from_logits(ref_logits[:, P - 1 : P - 1 + R], samples.response_ids, cfg.temperature)
+        ref_logprobs = ref_logprobs * mask
+        if self.value_head is not None:
+            _, values = self._response_logits_and_values(seq, seq_mask, P)
+        else:
+            values = token_scores(self.value_model, seq, seq_mask)[:, P - 1 : P - 1 + R]
+        # 2. score the finished responses
+        member_scores = self.score(seq, seq_mask)
+        scores = aggregate(member_scores, cfg.reward_objective, cfg.uwo_lambda)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~samples.ended).float()
+        if cfg.whiten_rewards:
+            scores = pm.masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+        # 3. per-token rewards: KL penalty everywhere, score at the last token
+        rewards, _ = pm.per_token_rewards(scores, samples.logprobs, ref_logprobs, mask, self.kl_ctl.value)
+        # 4. advantages
+        advantages, returns = pm.gae(rewards, values.float(), mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = pm.masked_whiten(advantages, mask)
+        return Rollout(samples, samples.logprobs, ref_logprobs, values.float() * mask, scores,
+                       member_scores, rewards, advantages, returns)  # fmt: skip
+
+    # ---------------------------------------------------------------- 5: optimisation
+    def update(self, ro: Rollout) -> dict[str, float]:
+        cfg = self.cfg
+        self.policy.train()
+        if self.value_model is not None:
+            self.value_model.train()
+        optimizer = self.optimizers()
+        seq, seq_mask = ro.samples.sequence_ids, ro.samples.sequence_mask
+        P = ro.samples.prompt_ids.shape[1]
+        B = seq.shape[0]
+        size = B // cfg.minibatches
+        totals: dict[str, float] = {}
+        n = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(B, device=seq.device)
+            for start in range(0, B, size):
+                idx = order[start : start + size]
+                mask = ro.samples.response_mask[idx]
+                logits, values = self._response_logits_and_values(seq[idx], seq_mask[idx], P)
+                logprobs = pm.logprobs_from_logits(logits, ro.samples.response_ids[idx], cfg.temperature)
+                pg_loss, pg_stats = pm.policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask, cfg.clip_eps)
+                vf_loss, vf_stats = pm.value_loss(values.float(), ro.values[idx], ro.returns[idx], mask, cfg.clip_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                entropy = pm.masked_mean(pm.entropy_from_logits(logits.detach(), cfg.temperature), mask)
+                if cfg.entropy_coef:
+                    entropy = pm.masked_mean(pm.entropy_from_logits(logits, cfg.temperature), mask)
+                    loss = loss - cfg.entropy_coef * entropy
+                check_finite(loss, f"ppo iteration {self.global_step}")
+                optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                if cfg.max_grad_norm:
+                    self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                step = {
+                    "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item(),
+                    "ppo/entropy": entropy.item(), "ppo/clipfrac": pg_stats["clipfrac"].item(),
+                    "ppo/approx_kl": pg_stats["approx_kl"].item(), "ppo/value_clipfrac": vf_stats["clipfrac"].item(),
+                }  # fmt: skip
+                for key, value in step.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                n += 1
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return {key: value / n for key, value in totals.items()}
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def training_step(self, batch, batch_idx):
+        prompt_ids, prompt_mask = batch
+        iteration = iteration_of(self)
+        if self.evaluate_fn is not None and iteration % self.cfg.eval_every == 0:
+            self.evaluate_fn(self, iteration)
+        start = time.perf_counter()
+        ro = self.rollout(prompt_ids, prompt_mask)
+        rollout_s = time.perf_counter() - start
+        stats = self.update(ro)
+        elapsed = time.perf_counter() - start
+        mask = ro.samples.response_mask
+        kl = (pm.kl_k1(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item()
+        stats.update({
+            "ppo/score": ro.scores.mean().item(),
+            "ppo/proxy": ro.member_scores.mean().item(),
+            "ppo/kl": kl,
+            "ppo/kl_k3": (pm.kl_k3(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item(),
+            "ppo/beta": self.kl_ctl.value,
+            "ppo/non_score_reward": (ro.rewards.sum(1) - ro.scores).mean().item(),
+            "ppo/explained_variance": pm.explained_variance(ro.values, ro.returns, mask),
+            "ppo/response_length": mask.sum(1).float().mean().item(),
+            "ppo/eos_rate": ro.samples.ended.float().mean().item(),
+            "ppo/lr": self.optimizers().param_groups[0]["lr"],
+            "perf/samples_per_s": prompt_ids.shape[0] / elapsed,
+            "perf/rollout_fraction": rollout_s / elapsed,
+        })  # fmt: skip
+        self.kl_ctl.update(kl, prompt_ids.shape[0])
+        self.log_dict(stats, on_step=True, prog_bar=False)
+        self.log("ppo/score_pb", stats["ppo/score"], prog_bar=True, logger=False)
+        self.log("ppo/kl_pb", kl, prog_bar=True, logger=False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        extra = self.value_head if self.value_head is not None else self.value_model
+        params += list(extra.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, eps=1e-5, weight_decay=0.0)
+        if self.cfg.lr_schedule == "constant":
+            return optimizer
+        total = self.cfg.iterations
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1 - i / total))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def on_save_checkpoint(self, checkpoint):
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(("ref_policy.", "reward_models."))]:
+            del state[key]  # frozen: rebuilt from their own folders on resume
+        checkpoint["ppo_state"] = {
+            "beta": self.kl_ctl.value, "history": self.history, "samples_history": self.samples_history,
+        }  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint["ppo_state"]
+        self.kl_ctl.value = state["beta"]
+        self.history, self.samples_history = state["history"], state["samples_history"]
+
+
+def optimizer_steps_per_iteration(cfg: PPOConfig) -> int:
+    return cfg.ppo_epochs * cfg.minibatches
+
+
+def iteration_of(module: PPOModule) -> int:
+    """PPO iterations done; Lightning's global_step counts optimizer steps."""
+    return module.global_step // optimizer_steps_per_iteration(module.cfg)
