@@ -45,6 +45,17 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
+def fuse_tanh_gelu(model: torch.nn.Module) -> None:
+    """Swap GPT-2's ``NewGELUActivation`` (six elementwise kernels) for ``nn.GELU("tanh")``: the
+    same function, one fused kernel. ~7 % of a CPU PPO iteration on the benchmark configuration."""
+    from transformers.activations import NewGELUActivation
+
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, torch.nn.GELU(approximate="tanh"))
+
+
 def make_kl_controller(cfg: PPOConfig):
     if cfg.adaptive_kl:
         return pm.AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon)
@@ -77,6 +88,7 @@ class PPOModule(pl.LightningModule):
             torch.nn.init.zeros_(self.value_head.bias)
         for model in (policy, ref_policy, *reward_models, *([value_model] if value_model else [])):
             disable_dropout(model)
+            fuse_tanh_gelu(model)
         for frozen in (ref_policy, *reward_models):
             frozen.requires_grad_(False).eval()
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id

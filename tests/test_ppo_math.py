@@ -136,3 +136,16 @@ def test_explained_variance():
     mask = torch.ones(1, 3)
     assert pm.explained_variance(returns, returns, mask) == pytest.approx(1.0)
     assert pm.explained_variance(torch.zeros(1, 3) + 2.0, returns, mask) == pytest.approx(0.0)
+
+
+def test_fused_gelu_is_the_same_function():
+    from transformers.activations import NewGELUActivation
+
+    from rlhf_lab.ppo import fuse_tanh_gelu
+
+    x = torch.linspace(-6, 6, 1001)
+    holder = torch.nn.Sequential(NewGELUActivation())
+    expected = holder(x)
+    fuse_tanh_gelu(holder)
+    assert isinstance(holder[0], torch.nn.GELU)
+    torch.testing.assert_close(holder(x), expected, atol=1e-6, rtol=1e-6)
