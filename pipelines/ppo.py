@@ -4,7 +4,8 @@
 override the ``ppo`` section); without it the ``ppo`` section runs as it is, named ``ppo.run_name``.
 
 Outputs (``paths.ppo``/NAME): ``policy/`` (save_pretrained), ``eval_history.csv`` (step, kl, gold,
-proxy, proxy_<k>, ...), ``samples.jsonl``, ``metrics.json`` (gold_peak, gold_final, proxy_final,
+proxy, proxy_<k>, ...), ``samples.jsonl`` (a few texts per evaluation), ``final_samples.jsonl`` (every
+held-out prompt's sample at the end), ``metrics.json`` (gold_peak, gold_final, proxy_final,
 kl_final), ``config.yaml``, ``mlflow_run_id``. A killed run resumes from
 ``paths.ppo``/.checkpoints/NAME when rerun with the same config.
 """
@@ -27,6 +28,7 @@ from rlhf_lab.data import read_texts, write_json, write_jsonl
 from rlhf_lab.ensemble import aggregate, disagreement
 from rlhf_lab.generation import decode_responses, left_pad, position_ids, sample
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.preference import spearman
 from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
 from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
 from rlhf_lab.task import gold_reward
@@ -54,6 +56,7 @@ class Evaluator:
         self.cfg, self.tokenizer, self.prompts, self.logger = cfg, tokenizer, prompts, logger
         self.ids, self.mask = left_pad(tokenizer, prompts)
         self.gold = gold_reward(cfg)
+        self.last_rows: list[dict] = []  # every prompt's sample from the latest evaluation
 
     @torch.no_grad()
     def __call__(self, module: PPOModule, iteration: int) -> None:
@@ -94,7 +97,15 @@ class Evaluator:
         if gold is not None:
             row["gold"] = float(gold.mean())
             row["gold_se"] = float(gold.std() / len(gold) ** 0.5)
+            # Does the proxy still rank like gold on the policy's own samples?
+            row["proxy_gold_spearman"] = spearman(members[0].cpu().numpy(), gold)
         module.history.append(row)
+        self.last_rows = [
+            {"prompt": p, "response": r, "ended": bool(e), "proxy": round(float(x), 4),
+             **({"gold": round(float(g), 4)} if gold is not None else {})}
+            for p, r, e, x, g in zip(self.prompts, responses, out.ended.tolist(), proxy.tolist(),
+                                     gold if gold is not None else [None] * len(texts))
+        ]  # fmt: skip
         for i in range(min(cfg.eval_texts, len(texts))):
             module.samples_history.append({
                 "step": iteration, "prompt": self.prompts[i], "response": responses[i],
@@ -140,7 +151,7 @@ def summary(history: list[dict]) -> dict:
     return metrics
 
 
-def run(cfg: Config, run_name: str | None = None, callbacks: list | None = None) -> dict:
+def run(cfg: Config, run_name: str | None = None, callbacks: list | None = None, tags: dict | None = None) -> dict:
     if run_name is not None:
         cfg = cfg.ppo_run(run_name)
     name = cfg.ppo.run_name
@@ -153,7 +164,7 @@ def run(cfg: Config, run_name: str | None = None, callbacks: list | None = None)
         raise UserError(f"ppo.batch_size: {cfg.ppo.batch_size} is larger than the number of training prompts")
     eval_prompts = read_texts(data / "prompts_eval.jsonl", "prompt")
 
-    logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}", tags={"ppo_run": name})
+    logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}", tags={"ppo_run": name, **(tags or {})})
     evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger)
     module = build_module(cfg, tokenizer, evaluator)
 
@@ -183,6 +194,7 @@ def run(cfg: Config, run_name: str | None = None, callbacks: list | None = None)
         tokenizer.save_pretrained(out / "policy")
         pd.DataFrame(module.history).to_csv(out / "eval_history.csv", index=False)
         write_jsonl(out / "samples.jsonl", module.samples_history)
+        write_jsonl(out / "final_samples.jsonl", evaluator.last_rows)
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
         (out / "mlflow_run_id").write_text(logger.run_id + "\n")

@@ -1,8 +1,9 @@
 """Reward stage: train ``reward.members`` Bradley–Terry reward models and measure their quality.
 
 Outputs (``paths.reward``): ``member_<k>/`` (each loads with AutoModelForSequenceClassification;
-normalisation in its config.json), ``metrics.json`` (per member and for the ensemble mean),
-``config.yaml``. MLflow: a parent run ``reward`` with one nested run per member.
+normalisation in its config.json), ``metrics.json`` (per member, for the ensemble mean, and held-out
+accuracy vs number of pairs under ``scaling``), ``calibration.csv`` (the ensemble's reliability
+bins), ``config.yaml``. MLflow: a parent run ``reward`` with one nested run per member.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,6 +20,7 @@ from rlhf_lab.config import Config
 from rlhf_lab.data import DataError, read_jsonl, write_json
 from rlhf_lab.models import encode_texts, load_tokenizer
 from rlhf_lab.preference import (
+    calibration_bins,
     expected_calibration_error,
     normalisation,
     pairwise_accuracy,
@@ -83,7 +86,7 @@ def quality(prob: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, gold_lab
     return metrics
 
 
-def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_run_id: str):
+def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_run_id: str, name: str = ""):
     r = cfg.reward
     apply_runtime(cfg.runtime, seed_offset=k)
     rows = train_rows
@@ -95,12 +98,28 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
     model = load_reward_backbone(r.backbone or cfg.paths.sft, seed=cfg.runtime.seed * 1000 + k)
     module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train))
     logger = mlflow_logger(
-        cfg, "reward", run_name=f"reward-member-{k}",
+        cfg, "reward", run_name=name or f"reward-member-{k}",
         tags={"mlflow.parentRunId": parent_run_id, "member": str(k)},
     )  # fmt: skip
     trainer = make_trainer(cfg.runtime, logger, max_epochs=r.epochs, log_every_n_steps=10)
     trainer.fit(module, train, val)
     return model, logger
+
+
+def accuracy_vs_pairs(cfg: Config, train_rows, eval_rows, eval_labels, tokenizer, parent: str) -> dict:
+    """Held-out accuracy of one reward model trained on the first N pairs, for each N requested."""
+    out = {}
+    for n in sorted(set(cfg.reward.scaling_pairs)):
+        if n > len(train_rows):
+            continue
+        model, logger = train_member(cfg, 0, train_rows[:n], eval_rows, tokenizer, parent, name=f"reward-pairs-{n}")
+        raw = [score_texts(model, tokenizer, *side(eval_rows, s), cfg.reward.max_length).numpy()
+               for s in ("chosen", "rejected")]  # fmt: skip
+        out[str(n)] = pairwise_accuracy(raw[0], raw[1], eval_labels)
+        logger.log_metrics({"rm/accuracy": out[str(n)], "rm/pairs": n})
+        logger.finalize("success")
+    out[str(len(train_rows))] = None  # filled with member 0 (all pairs) by the caller
+    return out
 
 
 def run(cfg: Config) -> dict:
@@ -151,6 +170,10 @@ def run(cfg: Config) -> dict:
         prob, chosen, rejected, fresh_scores = (np.mean([s[i] for s in member_scores], axis=0) for i in range(4))
         metrics["ensemble"] = quality(prob, chosen, rejected, eval_labels, fresh_scores, sft_gold)
         metrics["ensemble"]["rm/members"] = r.members
+        pd.DataFrame(calibration_bins(prob, eval_labels)).to_csv(out / "calibration.csv", index=False)
+        scaling = accuracy_vs_pairs(cfg, train_rows, eval_rows, eval_labels, tokenizer, parent)
+        scaling[str(len(train_rows))] = metrics["member_0"]["rm/accuracy"]
+        metrics["scaling"] = scaling
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
         (out / "mlflow_run_id").write_text(parent + "\n")

@@ -192,12 +192,15 @@ class RewardConfig:
     weight_decay: float = 0.0
     margin: float = 0.0
     max_length: int = 64
+    # Accuracy vs number of pairs: one extra model per count, trained on a subset of the pairs.
+    scaling_pairs: tuple[int, ...] = (250, 500, 1000, 2000)
 
     def __post_init__(self):
         for name in ("members", "epochs", "batch_size", "max_length"):
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
         _check(self.lr > 0, "lr", "expected a number > 0")
         _check(self.margin >= 0, "margin", "expected a number >= 0")
+        _check(all(n >= 2 for n in self.scaling_pairs), "scaling_pairs", "expected integers >= 2")
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,52 @@ class PPOConfig:
         _check(self.temperature > 0, "temperature", "expected a number > 0")
 
 
+@dataclass(frozen=True)
+class BestOfNConfig:
+    """Best-of-n on the SFT policy: N samples per prompt, unbiased estimates for n = 1, 2, 4 ... max_n."""
+
+    prompts: int = 128  # held-out prompts used
+    samples_per_prompt: int = 128  # N; the estimator needs N >= max_n
+    max_n: int = 64
+    uwo_lambda: float = 0.5
+
+    def __post_init__(self):
+        for name in ("prompts", "samples_per_prompt", "max_n"):
+            _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+        _check(self.samples_per_prompt >= self.max_n, "samples_per_prompt", "must be >= best_of_n.max_n")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Optuna study over the KL coefficient beta (log scale) and the PPO clip epsilon."""
+
+    study_name: str = "ppo-beta-clip"
+    storage: Optional[str] = None  # None: sqlite:///<paths.sweep>/optuna.db; or any database URL
+    n_trials: int = 6
+    objective: Literal["gold", "gold_kl"] = "gold"  # gold: maximise final gold; gold_kl: gold up, KL down
+    beta_min: float = 0.003
+    beta_max: float = 0.3
+    clip_min: float = 0.05
+    clip_max: float = 0.4
+    iterations: int = 60  # PPO iterations per trial (other PPO keys come from the ppo section)
+    pruning: bool = True  # median pruner on intermediate gold (single-objective only)
+    sampler_seed: int = 0
+
+    def __post_init__(self):
+        _check(self.n_trials >= 1, "n_trials", "expected an integer >= 1")
+        _check(0 < self.beta_min < self.beta_max, "beta_max", "expected 0 < sweep.beta_min < sweep.beta_max")
+        _check(0 < self.clip_min < self.clip_max < 1, "clip_max", "expected 0 < clip_min < clip_max < 1")
+        _check(self.iterations >= 1, "iterations", "expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    title: str = "rlhf-lab: reward over-optimisation on the built-in task"
+    default_run: str = "beta005"  # the run shown in the training table
+    hacking_run: str = "beta0"  # the run whose late samples show hacking
+    samples: int = 4  # prompts shown in the reward-hacking table
+
+
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "runtime": RuntimeConfig,
@@ -268,6 +317,9 @@ SECTIONS: dict[str, type] = {
     "preferences": PreferencesConfig,
     "reward": RewardConfig,
     "ppo": PPOConfig,
+    "best_of_n": BestOfNConfig,
+    "sweep": SweepConfig,
+    "report": ReportConfig,
 }
 
 
@@ -285,6 +337,9 @@ class Config:
     preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # Named PPO runs for dvc.yaml's foreach: name -> overrides of the ``ppo`` section.
     ppo_runs: dict = field(default_factory=dict)
 

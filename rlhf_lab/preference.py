@@ -66,11 +66,11 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))  # overflow-free
 
 
-def expected_calibration_error(prob_a: np.ndarray, a_preferred: np.ndarray, bins: int = 10) -> float:
-    """ECE of predicted P(a ≻ b): Σ_bins (n_bin / n) · |mean outcome − mean prediction|.
+def calibration_bins(prob_a: np.ndarray, a_preferred: np.ndarray, bins: int = 10) -> list[dict]:
+    """Reliability-diagram bins of predicted P(a ≻ b): count, mean confidence, accuracy per bin.
 
     Each pair is first oriented so the prediction is ≥ 1/2 (the model's pick), the usual convention
-    for binary ECE; bins split [1/2, 1] evenly.
+    for binary calibration; bins split [1/2, 1] evenly. Empty bins are left out.
     """
     prob_a, outcome = np.asarray(prob_a, dtype=np.float64), np.asarray(a_preferred, dtype=np.float64)
     flip = prob_a < 0.5
@@ -78,12 +78,18 @@ def expected_calibration_error(prob_a: np.ndarray, a_preferred: np.ndarray, bins
     hit = np.where(flip, 1 - outcome, outcome)
     edges = np.linspace(0.5, 1.0, bins + 1)
     index = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = index == b
-        if sel.any():
-            ece += sel.mean() * abs(hit[sel].mean() - conf[sel].mean())
-    return float(ece)
+    return [
+        {"bin": b, "count": int(sel.sum()), "confidence": float(conf[sel].mean()), "accuracy": float(hit[sel].mean())}
+        for b in range(bins)
+        if (sel := index == b).any()
+    ]
+
+
+def expected_calibration_error(prob_a: np.ndarray, a_preferred: np.ndarray, bins: int = 10) -> float:
+    """ECE = Σ_bins (n_bin / n) · |accuracy − confidence| over :func:`calibration_bins`."""
+    rows = calibration_bins(prob_a, a_preferred, bins)
+    total = sum(r["count"] for r in rows)
+    return float(sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in rows))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -1,0 +1,99 @@
+"""Best-of-n stage: gold and proxy of the proxy-best of n SFT samples, against KL_bon.
+
+For each held-out prompt, N samples from the SFT policy are scored by gold and every reward
+member; unbiased estimators over all N give E[gold], E[proxy] of best-of-n for n = 1, 2, 4 … max_n,
+for each reward objective (single, mean, wco, uwo) and for the gold oracle itself.
+
+Outputs (``paths.best_of_n``): ``bon.csv`` (one row per n and objective: n, objective, kl_bound,
+kl_exact, gold, proxy), ``metrics.json``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rlhf_lab import config as config_lib
+from rlhf_lab.best_of_n import expected_best_of_n, kl_best_of_n_bound, kl_best_of_n_exact
+from rlhf_lab.config import Config, ConfigError
+from rlhf_lab.data import read_texts, write_json
+from rlhf_lab.ensemble import OBJECTIVES, aggregate
+from rlhf_lab.generation import decode_responses, left_pad, sample
+from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.reward_model import last_token_scores, normalised
+from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
+from rlhf_lab.task import gold_reward
+from pipelines.ppo import load_frozen_reward, member_paths
+
+
+def powers_of_two(max_n: int) -> list[int]:
+    return [2**k for k in range(int(np.log2(max_n)) + 1)]
+
+
+@torch.no_grad()
+def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
+    """(gold (P, N), member rewards (K, P, N)) for N samples of each prompt."""
+    N = cfg.best_of_n.samples_per_prompt
+    tokenizer = load_tokenizer(cfg.paths.sft)
+    policy = load_causal_lm(cfg.paths.sft).eval()
+    members = [load_frozen_reward(p) for p in member_paths(cfg)]
+    gold = gold_reward(cfg)
+    flat = [p for p in prompts for _ in range(N)]
+    generator = torch.Generator().manual_seed(cfg.runtime.seed + 777)
+    golds, rewards = [], []
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start : start + batch_size]
+        ids, mask = left_pad(tokenizer, chunk)
+        out = sample(policy, ids, mask, cfg.ppo.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                     temperature=cfg.ppo.temperature, generator=generator)  # fmt: skip
+        texts = [f"{p} {r}" for p, r in zip(chunk, decode_responses(tokenizer, out))]
+        golds.append(gold(texts, out.ended.tolist()))
+        seq, seq_mask = out.sequence_ids, out.sequence_mask
+        rewards.append(torch.stack([normalised(m, last_token_scores(m, seq, seq_mask)) for m in members]))
+    P = len(prompts)
+    return np.concatenate(golds).reshape(P, N), torch.cat(rewards, dim=1).reshape(len(members), P, N)
+
+
+def run(cfg: Config) -> dict:
+    if gold_reward(cfg) is None:
+        raise ConfigError("best_of_n: needs the built-in task's gold reward (data.source: builtin)")
+    apply_runtime(cfg.runtime)
+    b = cfg.best_of_n
+    prompts = read_texts(Path(cfg.paths.data) / "prompts_eval.jsonl", "prompt")[: b.prompts]
+    gold, members = sample_and_score(cfg, prompts)
+    proxies = {obj: aggregate(members, obj, b.uwo_lambda).numpy() for obj in OBJECTIVES}  # (P, N) each
+    proxies["oracle"] = gold  # best-of-n by gold itself: the ceiling
+    rows = []
+    for n in powers_of_two(b.max_n):
+        kl_exact = float(np.mean([kl_best_of_n_exact(proxies["single"][i], n) for i in range(len(prompts))]))
+        for name, proxy in proxies.items():
+            rows.append({
+                "n": n, "objective": name, "kl_bound": kl_best_of_n_bound(n), "kl_exact": kl_exact,
+                "gold": float(np.mean([expected_best_of_n(proxy[i], gold[i], n) for i in range(len(prompts))])),
+                "proxy": float(np.mean([expected_best_of_n(proxy[i], proxy[i], n) for i in range(len(prompts))])),
+            })  # fmt: skip
+    frame = pd.DataFrame(rows)
+    top = frame[frame["n"] == frame["n"].max()].set_index("objective")
+    metrics = {
+        "bon/gold_n1": float(frame[(frame["n"] == 1) & (frame["objective"] == "single")]["gold"].iloc[0]),
+        **{f"bon/gold_max_n.{obj}": float(top.loc[obj, "gold"]) for obj in top.index},
+        "bon/kl_exact_max_n": float(top["kl_exact"].iloc[0]),
+        "bon/kl_bound_max_n": float(top["kl_bound"].iloc[0]),
+        "bon/distinct_fraction": float(np.mean([len(np.unique(g)) / g.size for g in proxies["single"]])),
+    }
+    with replacing_dir(cfg.paths.best_of_n) as out:
+        frame.to_csv(out / "bon.csv", index=False)
+        write_json(out / "metrics.json", metrics)
+        config_lib.save(cfg, out / "config.yaml")
+    return metrics
+
+
+def main() -> None:
+    stage_main(run, __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

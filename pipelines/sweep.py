@@ -1,0 +1,172 @@
+"""Sweep stage and CLI: an Optuna study of the KL coefficient β (log scale) and the PPO clip ε.
+
+Each trial is one PPO run (``ppo`` section, ``sweep.iterations`` iterations) whose final gold score
+is the objective (``sweep.objective: gold``), or gold ↑ and KL ↓ together (``gold_kl``, a Pareto
+front). Poor trials are pruned from their intermediate gold scores (median pruner). Every trial
+is an MLflow run nested under the study's run.
+
+Storage: ``sqlite:///<paths.sweep>/optuna.db`` by default; ``sweep.storage`` (or ``--storage``)
+takes any database URL Optuna accepts, so several workers on several machines share one study::
+
+    python -m pipelines.sweep --storage postgresql://user:pw@host/db --n-trials 10   # on each worker
+
+Outputs (``paths.sweep``): ``trials.csv``, ``metrics.json`` (best β and ε, n_trials), ``config.yaml``,
+``optuna.db`` (default storage), ``trials/`` (each trial's PPO outputs).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+from lightning.pytorch.callbacks import Callback
+
+from rlhf_lab import config as config_lib
+from rlhf_lab.config import Config, ConfigError
+from rlhf_lab.data import write_json
+from rlhf_lab.stage import replacing_dir, stage_main, tracking_uri
+from rlhf_lab.task import gold_reward
+
+
+class GoldPruning(Callback):
+    """Reports each new evaluation's gold score to the trial and prunes it when Optuna says so.
+
+    (optuna-integration's PyTorchLightningPruningCallback reports at validation end per epoch; PPO
+    evaluates inside its training loop every ``eval_every`` iterations, so this reads that history.)
+    """
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial, self.reported = trial, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        while self.reported < len(module.history):
+            row = module.history[self.reported]
+            self.reported += 1
+            self.trial.report(row["gold"], step=row["step"])
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"gold {row['gold']:.3f} at iteration {row['step']}")
+
+
+def default_storage(sweep_dir: Path) -> str:
+    return f"sqlite:///{sweep_dir / 'optuna.db'}"
+
+
+def make_study(cfg: Config, storage: str, study_name: str) -> optuna.Study:
+    s = cfg.sweep
+    sampler = optuna.samplers.TPESampler(seed=s.sampler_seed)
+    if s.objective == "gold":
+        # Early gold says little about final gold (over-optimisation comes late): judge from halfway,
+        # and prune only the bottom quartile so a few lucky early trials don't cut everything else.
+        pruner = optuna.pruners.PercentilePruner(25.0, n_startup_trials=3, n_warmup_steps=s.iterations // 2)
+        pruner = pruner if s.pruning else optuna.pruners.NopPruner()
+        return optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                   sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
+    # Multi-objective studies cannot prune (Trial.report raises): pruning is off here.
+    return optuna.create_study(study_name=study_name, storage=storage, directions=["maximize", "minimize"],
+                               sampler=sampler, load_if_exists=True)  # fmt: skip
+
+
+def parent_run(cfg: Config, study: optuna.Study) -> str:
+    """The study's MLflow run, shared by all workers through a study attribute."""
+    from mlflow import MlflowClient
+
+    run_id = study.user_attrs.get("mlflow_run_id")
+    if run_id:
+        return run_id
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+    run_id = client.create_run(experiment_id, run_name=f"sweep-{study.study_name}", tags={"stage": "sweep"}).info.run_id
+    study.set_user_attr("mlflow_run_id", run_id)
+    return run_id
+
+
+def objective_fn(cfg: Config, trials_dir: Path, parent: str):
+    from pipelines import ppo
+
+    s = cfg.sweep
+
+    def objective(trial: optuna.Trial):
+        beta = trial.suggest_float("beta", s.beta_min, s.beta_max, log=True)
+        clip_eps = trial.suggest_float("clip_eps", s.clip_min, s.clip_max)
+        trial_cfg = cfg.replace(
+            paths={"ppo": str(trials_dir)},
+            ppo={"beta": beta, "clip_eps": clip_eps, "iterations": s.iterations, "run_name": f"trial_{trial.number}",
+                 "adaptive_kl": False, "checkpoint_every": s.iterations},
+        )  # fmt: skip
+        callbacks = [GoldPruning(trial)] if s.objective == "gold" and s.pruning else []
+        tags = {"mlflow.parentRunId": parent, "optuna_trial": str(trial.number)}
+        metrics = ppo.run(trial_cfg, callbacks=callbacks, tags=tags)
+        trial.set_user_attr("kl_final", metrics["kl_final"])
+        trial.set_user_attr("gold_peak", metrics["gold_peak"])
+        if s.objective == "gold":
+            return metrics["gold_final"]
+        return metrics["gold_final"], metrics["kl_final"]
+
+    return objective
+
+
+def summarise(study: optuna.Study, objective: str) -> tuple[dict, "object"]:
+    frame = study.trials_dataframe()
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    metrics = {
+        "sweep.n_trials": len(study.trials),
+        "sweep.n_complete": len(complete),
+        "sweep.n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+    }
+    if not complete:
+        return metrics, frame
+    if objective == "gold":
+        best = study.best_trial
+        metrics["sweep.best.gold"] = best.value
+    else:  # the Pareto trial with the highest gold
+        best = max(study.best_trials, key=lambda t: t.values[0])
+        metrics["sweep.best.gold"] = best.values[0]
+        metrics["sweep.pareto_size"] = len(study.best_trials)
+        frame["pareto"] = frame["number"].isin([t.number for t in study.best_trials])
+    metrics["sweep.best.beta"] = best.params["beta"]
+    metrics["sweep.best.clip_eps"] = best.params["clip_eps"]
+    metrics["sweep.best.trial"] = best.number
+    return metrics, frame
+
+
+def run(cfg: Config, n_trials: str | None = None, storage: str | None = None, study_name: str | None = None) -> dict:
+    if gold_reward(cfg) is None:
+        raise ConfigError("sweep: the objective is the gold score, which needs data.source: builtin")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = cfg.sweep
+    trials = int(n_trials) if n_trials is not None else s.n_trials
+    storage = storage or s.storage
+    study_name = study_name or s.study_name
+    with replacing_dir(cfg.paths.sweep) as out:
+        study = make_study(cfg, storage or default_storage(out), study_name)
+        parent = parent_run(cfg, study)
+        study.optimize(objective_fn(cfg, out / "trials", parent), n_trials=trials, catch=())
+        shutil.rmtree(out / "trials" / ".checkpoints", ignore_errors=True)
+        metrics, frame = summarise(study, s.objective)
+        frame.to_csv(out / "trials.csv", index=False)
+        metrics["sweep.storage"] = storage or default_storage(Path(cfg.paths.sweep))
+        write_json(out / "metrics.json", metrics)
+        config_lib.save(cfg, out / "config.yaml")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)):
+            client.log_metric(parent, key, value)
+    client.log_artifact(parent, str(Path(cfg.paths.sweep) / "trials.csv"))
+    client.set_terminated(parent)
+    return metrics
+
+
+def main() -> None:
+    stage_main(run, __doc__.splitlines()[0], options={
+        "--n-trials": "trials for this worker (default: sweep.n_trials)",
+        "--storage": "Optuna storage URL shared by workers (default: sweep.storage, else SQLite)",
+        "--study-name": "study name (default: sweep.study_name)",
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Optuna sweep (pruning, shared storage across worker processes), best-of-n and report stages."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+
+from rlhf_lab import config as config_lib
+from pipelines.sweep import GoldPruning
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gold_pruning_prunes_a_trial_below_the_median():
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    for final in (0.8, 0.9):  # two finished trials with good intermediate gold
+        trial = study.ask()
+        trial.report(final, step=10)
+        study.tell(trial, final)
+    trial = study.ask()
+    callback = GoldPruning(trial)
+    module = SimpleNamespace(history=[{"step": 0, "gold": 0.5}])
+    with pytest.raises(optuna.TrialPruned):
+        module.history.append({"step": 10, "gold": 0.1})
+        callback.on_train_batch_end(None, module, None, None, 0)
+    assert callback.reported == 2
+
+
+@pytest.fixture(scope="module")
+def experiment_cfg(tiny_cfg, reward_stage):
+    return tiny_cfg.replace(
+        ppo={"iterations": 4, "batch_size": 16, "eval_every": 2, "max_new_tokens": 16},
+        ppo_runs={"beta0": {"beta": 0.0}, "beta01": {"beta": 0.1}, "beta0_wco": {"beta": 0.0, "reward_objective": "wco"}},
+        best_of_n={"prompts": 8, "samples_per_prompt": 16, "max_n": 8},
+        sweep={"n_trials": 3, "iterations": 4},
+        report={"default_run": "beta01", "hacking_run": "beta0", "samples": 2},
+    )
+
+
+@pytest.fixture(scope="module")
+def experiment(experiment_cfg):
+    from pipelines import best_of_n, ppo, report, sweep
+
+    for name in experiment_cfg.ppo_runs:
+        ppo.run(experiment_cfg, run_name=name)
+    bon = best_of_n.run(experiment_cfg)
+    sweep_metrics = sweep.run(experiment_cfg)
+    return bon, sweep_metrics, report.run(experiment_cfg)
+
+
+def test_best_of_n_stage(experiment_cfg, experiment):
+    bon = pd.read_csv(Path(experiment_cfg.paths.best_of_n) / "bon.csv")
+    assert sorted(bon["n"].unique()) == [1, 2, 4, 8]
+    assert set(bon["objective"]) == {"single", "mean", "wco", "uwo", "oracle"}
+    oracle = bon[bon["objective"] == "oracle"].set_index("n")["gold"]
+    assert oracle.is_monotonic_increasing  # best-of-n by gold itself can only improve gold
+    assert (bon["kl_exact"] <= bon["kl_bound"] + 1e-9).all()
+
+
+def test_sweep_stage(experiment_cfg, experiment):
+    _, metrics, _ = experiment
+    assert metrics["sweep.n_trials"] == 3
+    trials = pd.read_csv(Path(experiment_cfg.paths.sweep) / "trials.csv")
+    assert len(trials) == 3
+    assert trials["params_beta"].between(experiment_cfg.sweep.beta_min, experiment_cfg.sweep.beta_max).all()
+    study = optuna.load_study(study_name=experiment_cfg.sweep.study_name, storage=metrics["sweep.storage"])
+    assert len(study.trials) == 3
+    import mlflow
+
+    mlflow.set_tracking_uri(experiment_cfg.tracking.tracking_uri)
+    nested = mlflow.search_runs(experiment_names=[experiment_cfg.tracking.experiment], output_format="list",
+                                filter_string=f"tags.mlflow.parentRunId = '{study.user_attrs['mlflow_run_id']}'")
+    assert len(nested) == 3  # every trial is a run nested under the study's run
+
+
+def test_report_stage(experiment_cfg, experiment):
+    *_, metrics = experiment
+    out = Path(experiment_cfg.paths.report)
+    for key in ("overopt.rl.alpha", "overopt.rl.beta", "overopt.rl.r2", "overopt.bon.alpha", "overopt.bon.beta",
+                "overopt.bon.r2", "ensemble.single.gold_drop", "ensemble.wco.gold_drop", "sweep.best.beta",
+                "sweep.best.clip_eps", "sweep.n_trials"):
+        assert key in metrics, key
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["sweep.n_trials"] == 3
+    # The report's numbers are the runs' numbers.
+    beta0 = json.loads((Path(experiment_cfg.paths.ppo) / "beta0" / "metrics.json").read_text())
+    assert saved["ensemble.single.gold_drop"] == pytest.approx(beta0["gold_peak"] - beta0["gold_final"])
+    page = (out / "report.html").read_text()
+    for heading in ("1. Over-optimisation", "2. Reward-model ensembles", "3. β ablation", "4. Training table",
+                    "5. Reward hacking", "6. Reward-model quality", "7. Optuna study"):
+        assert heading in page
+    assert page.count("data:image/png;base64,") == 5 and "http" not in page.split("<body>")[1].split("Optuna")[0]
+    for name in ("ppo_curves.csv", "best_of_n.csv", "beta_ablation.csv"):
+        assert (out / "plots" / name).is_file()
+
+
+@pytest.mark.skipif(not os.environ.get("RLHF_LAB_TEST_POSTGRES_URL"),
+                    reason="needs RLHF_LAB_TEST_POSTGRES_URL (.ci/run starts a local PostgreSQL)")
+def test_two_workers_share_one_study_on_postgres(tmp_path, experiment_cfg, experiment):
+    url = os.environ["RLHF_LAB_TEST_POSTGRES_URL"]
+    name = f"two-workers-{os.getpid()}"
+    procs = []
+    for worker in (0, 1):
+        cfg = experiment_cfg.replace(paths={"sweep": str(tmp_path / f"worker{worker}")}, sweep={"pruning": False})
+        params = tmp_path / f"params{worker}.yaml"
+        config_lib.save(cfg, params)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pipelines.sweep", "--params", str(params), "--storage", url,
+             "--study-name", name, "--n-trials", "2"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(study.trials) == 4
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # Each worker's summary sees the whole shared study.
+    for worker in (0, 1):
+        assert json.loads((tmp_path / f"worker{worker}" / "metrics.json").read_text())["sweep.n_trials"] >= 2
