@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup repro test bench mlflow-ui clean
+.PHONY: setup repro test bench mlflow-ui optuna-dashboard clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,19 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# PPO speed vs TRL 0.29.1 (TRL in its own environment, .venv-trl); prints JSON last.
+bench: $(STAMP) .venv-trl/.installed
+	$(PY) benchmarks/ppo_vs_trl.py
+
+.venv-trl/.installed:
+	test -x .venv-trl/bin/python || python3 -m venv .venv-trl
+	.venv-trl/bin/pip install -q torch==2.13.0
+	.venv-trl/bin/pip install -q trl==0.29.1 transformers==5.23.0 tokenizers==0.23.3 datasets==5.2.0
+	touch $@
+
+optuna-dashboard: $(STAMP)
+	optuna-dashboard sqlite:///runs/sweep/optuna.db --host 127.0.0.1 --port 8080 --server wsgiref
 
 mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri sqlite:///mlflow.db \

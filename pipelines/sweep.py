@@ -8,7 +8,7 @@ is an MLflow run nested under the study's run.
 Storage: ``sqlite:///<paths.sweep>/optuna.db`` by default; ``sweep.storage`` (or ``--storage``)
 takes any database URL Optuna accepts, so several workers on several machines share one study::
 
-    python -m pipelines.sweep --storage postgresql://user:pw@host/db --n-trials 10   # on each worker
+    python -m pipelines.sweep --storage postgresql+psycopg2://user:pw@host/db --n-trials 10   # on each worker
 
 Outputs (``paths.sweep``): ``trials.csv``, ``metrics.json`` (best β and ε, n_trials), ``config.yaml``,
 ``optuna.db`` (default storage), ``trials/`` (each trial's PPO outputs).

@@ -14,4 +14,4 @@ su postgres -c "psql -q -p $port -tc \"SELECT 1 FROM pg_roles WHERE rolname='rlh
   || su postgres -c "psql -q -p $port -c \"CREATE ROLE rlhf LOGIN PASSWORD 'rlhf'\"" >/dev/null
 su postgres -c "psql -q -p $port -c 'DROP DATABASE IF EXISTS rlhf_optuna_test'" >/dev/null 2>&1
 su postgres -c "psql -q -p $port -c 'CREATE DATABASE rlhf_optuna_test OWNER rlhf'" >/dev/null
-echo "postgresql://rlhf:rlhf@127.0.0.1:$port/rlhf_optuna_test"
+echo "postgresql+psycopg2://rlhf:rlhf@127.0.0.1:$port/rlhf_optuna_test"

@@ -149,3 +149,11 @@ def test_fused_gelu_is_the_same_function():
     fuse_tanh_gelu(holder)
     assert isinstance(holder[0], torch.nn.GELU)
     torch.testing.assert_close(holder(x), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    from rlhf_lab.sft import NonFiniteLossError, check_finite
+
+    check_finite(torch.tensor(1.0), "here")
+    with pytest.raises(NonFiniteLossError, match="ppo iteration 7: loss is nan; lower the learning rate"):
+        check_finite(torch.tensor(float("nan")), "ppo iteration 7")

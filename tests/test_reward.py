@@ -50,11 +50,12 @@ def test_members_differ_and_are_nested_runs_in_mlflow(tiny_cfg, reward_stage):
     b = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.paths.reward) / "member_1"))
     assert not torch.equal(a.score.weight, b.score.weight)
     parent = (Path(tiny_cfg.paths.reward) / "mlflow_run_id").read_text().strip()
+    mlflow.set_tracking_uri(tiny_cfg.tracking.tracking_uri)
     runs = mlflow.search_runs(
         experiment_names=[tiny_cfg.tracking.experiment],
-        filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name LIKE 'reward-member-%'",
         output_format="list",
-    ) if mlflow.set_tracking_uri(tiny_cfg.tracking.tracking_uri) is None else []
+    )
     assert len(runs) == 2
     assert all("rm/accuracy" in r.data.metrics for r in runs)
 
