@@ -56,7 +56,8 @@ def ours(a) -> dict:
     loader = torch.utils.data.DataLoader(data, batch_size=a.batch)
     steps = a.epochs * a.minibatches
     stamps = Stamps(steps)
-    trainer = make_trainer(RuntimeConfig(), logger=False, max_steps=a.iters * steps, callbacks=[stamps],
+    runtime = RuntimeConfig(accelerator=a.accelerator, precision=a.precision)
+    trainer = make_trainer(runtime, logger=False, max_steps=a.iters * steps, callbacks=[stamps],
                            enable_progress_bar=False)  # fmt: skip
     trainer.fit(module, loader)
     dts = [b - c for c, b in zip(stamps.times, stamps.times[1:])]
@@ -93,9 +94,13 @@ def main() -> None:
     p.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
     p.add_argument("--peer", default=str(ROOT.parent / "shared" / "bench" / "trl_ppo_peer.py"))
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for our side (cpu, gpu)")
+    p.add_argument("--precision", default="32-true", help="Lightning precision for our side (32-true, bf16-mixed)")
     a = p.parse_args()
     configure_environment()
     result = {"config": {k: v for k, v in vars(a).items() if k not in ("trl_python", "peer", "skip_trl")}}
+    if a.accelerator != "cpu":
+        a.skip_trl = True  # the peer script is CPU-only
     result["ours"] = ours(a)
     print(f"ours: {result['ours']}", file=sys.stderr)
     if not a.skip_trl:
@@ -108,7 +113,8 @@ def main() -> None:
         "trl_samples_per_s": trl_sps,
         "ratio": round(ours_sps / trl_sps, 2) if trl_sps else None,
         "ours_rollout_fraction": result["ours"]["rollout_fraction"],
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name() if a.accelerator == "gpu" else "cpu",
+        "precision": a.precision,
     }))  # fmt: skip
 
 
