@@ -126,3 +126,19 @@ def test_two_workers_share_one_study_on_postgres(tmp_path, experiment_cfg, exper
     # Each worker's summary sees the whole shared study.
     for worker in (0, 1):
         assert json.loads((tmp_path / f"worker{worker}" / "metrics.json").read_text())["sweep.n_trials"] >= 2
+
+
+def test_multi_objective_summary_picks_the_pareto_trial_with_most_gold():
+    from pipelines.sweep import summarise
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for beta, clip, gold, kl in ((0.01, 0.2, 0.8, 20.0), (0.1, 0.1, 0.6, 3.0), (0.05, 0.3, 0.5, 10.0)):
+        trial = study.ask()
+        trial.suggest_float("beta", 0.001, 1.0, log=True)
+        trial.suggest_float("clip_eps", 0.05, 0.4)
+        study.tell(trial, (gold, kl))
+    metrics, frame = summarise(study, "gold_kl")
+    assert metrics["sweep.pareto_size"] == 2  # (0.5 gold, 10 KL) is dominated by (0.6, 3)
+    assert metrics["sweep.best.gold"] == 0.8
+    assert metrics["sweep.best.beta"] == study.trials[0].params["beta"]
+    assert frame["pareto"].tolist() == [True, True, False]
