@@ -26,10 +26,10 @@ from rlhf_lab import ppo_math as pm
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.data import read_texts, write_json, write_jsonl
 from rlhf_lab.ensemble import aggregate, disagreement
-from rlhf_lab.generation import decode_responses, left_pad, position_ids, sample
+from rlhf_lab.generation import decode_responses, left_pad, sample
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.preference import spearman
-from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
+from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration, response_logits
 from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
 from rlhf_lab.task import gold_reward
 
@@ -71,10 +71,9 @@ class Evaluator:
         out = sample(module.policy, ids, mask, cfg.max_new_tokens, module.eos_token_id, module.pad_token_id,
                      temperature=cfg.temperature, generator=generator)  # fmt: skip
         seq, seq_mask, rmask = out.sequence_ids, out.sequence_mask, out.response_mask
-        P, R = ids.shape[1], rmask.shape[1]
-        pos = position_ids(seq_mask)
-        logits = module.policy(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, P - 1 : P - 1 + R]
-        ref = module.ref_policy(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, P - 1 : P - 1 + R]
+        R = rmask.shape[1]
+        logits, _ = response_logits(module.policy, seq, seq_mask, R)
+        ref, _ = response_logits(module.ref_policy, seq, seq_mask, R)
         ref_logprobs = pm.logprobs_from_logits(ref, out.response_ids, cfg.temperature)
         members = module.score(seq, seq_mask)  # (K, B)
         proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)

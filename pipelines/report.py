@@ -248,7 +248,7 @@ def run(cfg: Config) -> dict:
         if name not in set(runs["run"]):
             raise UserError(f"report.default_run/hacking_run: no PPO run named {name!r}; runs: {', '.join(runs['run'])}")
 
-    with replacing_dir(cfg.paths.report) as out:
+    with replacing_dir(cfg.paths.report, merge=True) as out:  # reports/README.md stays
         fig_dir = out / "figures"
         overopt_png, rl_fit, bon_fit = overoptimisation(runs, hist, bon, fig_dir)
         ensembles_png = ensembles(hist, fig_dir)

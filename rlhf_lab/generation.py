@@ -67,7 +67,7 @@ def sample(
     for step in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)  # (B, V)
         if temperature > 0:
-            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            token = sample_categorical(logp.exp(), generator)
         else:
             token = logits.argmax(-1)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
@@ -93,6 +93,19 @@ def sample(
     ended = ((response == eos_token_id) & response_mask.bool()).any(-1)
     token_logprobs = torch.stack(logprobs, dim=1) * response_mask
     return Samples(prompt_ids, prompt_mask, response, response_mask, ended, token_logprobs)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of ``probs`` (B, V) by inverting the CDF: (B,) token ids.
+
+    Exactly distributed like ``torch.multinomial(probs, 1)``, which on CPU draws B·V exponentials
+    per call (a third of generation time on the benchmark); this draws B uniforms.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    # Scale by the row total so float round-off in the cumsum can never push u past the end.
+    index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return index.clamp(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 def response_mask_from_ids(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from rlhf_lab import ppo_math as pm
 from rlhf_lab.config import PPOConfig
-from rlhf_lab.ensemble import aggregate, disagreement
+from rlhf_lab.ensemble import aggregate
 from rlhf_lab.generation import Samples, position_ids, sample
 from rlhf_lab.reward_model import last_token_scores, normalised, token_scores
 from rlhf_lab.sft import check_finite
@@ -54,6 +54,16 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> None:
         for name, child in parent.named_children():
             if type(child) is NewGELUActivation:
                 setattr(parent, name, torch.nn.GELU(approximate="tanh"))
+
+
+def response_logits(model, seq: torch.Tensor, mask: torch.Tensor, R: int, **kwargs):
+    """(logits predicting each of the last R tokens (B, R, V), model output).
+
+    ``logits_to_keep`` skips the LM head on prompt positions; R + 1 positions are kept because the
+    logit at position t predicts token t + 1.
+    """
+    out = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=R + 1, **kwargs)
+    return out.logits[:, :-1], out
 
 
 def make_kl_controller(cfg: PPOConfig):
@@ -104,11 +114,7 @@ class PPOModule(pl.LightningModule):
         The value of response token t is read at the position before it, the state it was chosen in.
         """
         R = seq.shape[1] - prompt_len
-        out = self.policy(
-            input_ids=seq, attention_mask=mask, position_ids=position_ids(mask),
-            output_hidden_states=self.value_head is not None,
-        )  # fmt: skip
-        logits = out.logits[:, prompt_len - 1 : prompt_len - 1 + R]
+        logits, out = response_logits(self.policy, seq, mask, R, output_hidden_states=self.value_head is not None)
         if self.value_head is not None:
             values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         else:
@@ -135,8 +141,8 @@ class PPOModule(pl.LightningModule):
         seq, seq_mask, mask = samples.sequence_ids, samples.sequence_mask, samples.response_mask
         P = prompt_ids.shape[1]
         R = mask.shape[1]
-        ref_logits = self.ref_policy(input_ids=seq, attention_mask=seq_mask, position_ids=position_ids(seq_mask)).logits
-        ref_logprobs = pm.logprobs_from_logits(ref_logits[:, P - 1 : P - 1 + R], samples.response_ids, cfg.temperature)
+        ref_logits, _ = response_logits(self.ref_policy, seq, seq_mask, R)
+        ref_logprobs = pm.logprobs_from_logits(ref_logits, samples.response_ids, cfg.temperature)
         ref_logprobs = ref_logprobs * mask
         if self.value_head is not None:
             _, values = self._response_logits_and_values(seq, seq_mask, P)

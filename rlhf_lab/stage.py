@@ -93,10 +93,11 @@ def make_trainer(runtime: RuntimeConfig, logger, **kwargs):
 
 
 @contextmanager
-def replacing_dir(path: str | Path) -> Iterator[Path]:
+def replacing_dir(path: str | Path, merge: bool = False) -> Iterator[Path]:
     """Write a stage's output folder aside and swap it in only when the stage succeeded.
 
-    A failed or interrupted run leaves whatever was at ``path`` before untouched.
+    A failed or interrupted run leaves whatever was at ``path`` before untouched. With ``merge``,
+    only the entries the stage wrote are replaced; other files in ``path`` (a README) stay.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
@@ -107,12 +108,20 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    pairs = [(child, path / child.name) for child in tmp.iterdir()] if merge else [(tmp, path)]
+    path.mkdir(parents=True, exist_ok=True)
+    for new, target in pairs:
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        new.rename(target)
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    if merge:
+        tmp.rmdir()
 
 
 def stage_main(run: Callable[..., dict], description: str, options: dict[str, str] | None = None) -> None:

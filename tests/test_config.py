@@ -96,3 +96,25 @@ def test_stage_cli_prints_one_line_error_without_traceback(tmp_path, monkeypatch
     assert err.startswith("error: ") and "sft.batch_size" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert ran == []  # no work started
+
+
+def test_replacing_dir_keeps_old_output_on_failure_and_merges(tmp_path):
+    from rlhf_lab.stage import replacing_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.txt").write_text("old")
+    (out / "README.md").write_text("keep me")
+    with pytest.raises(RuntimeError):
+        with replacing_dir(out) as tmp:
+            (tmp / "result.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (out / "result.txt").read_text() == "old"
+    with replacing_dir(out, merge=True) as tmp:
+        (tmp / "result.txt").write_text("new")
+        (tmp / "figures").mkdir()
+    assert (out / "result.txt").read_text() == "new" and (out / "README.md").read_text() == "keep me"
+    assert (out / "figures").is_dir() and not list(tmp_path.glob("*.partial"))
+    with replacing_dir(out) as tmp:
+        (tmp / "only.txt").write_text("x")
+    assert [p.name for p in out.iterdir()] == ["only.txt"]

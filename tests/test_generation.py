@@ -56,3 +56,16 @@ def test_sampling_stops_and_pads_after_eos():
         if ended:
             assert int(r[n - 1]) == 3
     assert out.ended.sum() >= 8
+
+
+def test_categorical_sampler_matches_the_distribution_and_skips_zero_mass():
+    from rlhf_lab.generation import sample_categorical
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
+    g = torch.Generator().manual_seed(0)
+    n = 200000
+    draws = sample_categorical(probs.expand(n, -1), g)
+    freq = torch.bincount(draws, minlength=5).double() / n
+    se = torch.sqrt(probs.double() * (1 - probs.double()) / n)
+    assert ((freq - probs.double()).abs() <= 5 * se + 1e-12).all(), freq
+    assert freq[1] == 0 and freq[4] == 0
