@@ -140,6 +140,15 @@ def beta_ablation(runs: pd.DataFrame, hist: pd.DataFrame, fig_dir: Path):
                      palette="viridis")
         axes[3].set(xlabel="KL (nats)", ylabel="proxy reward", title="reward–KL trade-off")
 
+    def draw_steps(axes):
+        for column, ax, label in zip(("proxy", "kl", "combined"), axes, ("reward (proxy)", "KL (nats)", "reward − β·KL")):
+            sns.lineplot(data=trade, x="step", y=column, hue="beta", units="run", estimator=None, ax=ax,
+                         palette="viridis", legend=column == "proxy")
+            ax.set(xlabel="PPO iteration", ylabel=label, title=f"{label} over training")
+        axes[1].set_yscale("symlog")
+        axes[1].set_ylim(bottom=0)
+
+    figure(fig_dir / "tradeoff.png", draw_steps, ncols=3, width=17)
     return figure(fig_dir / "beta_ablation.png", draw, ncols=4, width=18), fixed, trade
 
 
@@ -299,7 +308,7 @@ def run(cfg: Config) -> dict:
             f"(uncertainty-weighted λ = {cfg.ppo.uwo_lambda}, population variance across "
             f"{reward_metrics['ensemble']['rm/members']} members).</p>",
             table(drops.reset_index().assign(objective=lambda f: f["objective"].map(OBJECTIVE_NAMES))),
-            "<h2>3. β ablation and the reward–KL trade-off</h2>", embed(beta_png),
+            "<h2>3. β ablation and the reward–KL trade-off</h2>", embed(beta_png), embed(fig_dir / "tradeoff.png"),
             table(fixed[["run", "beta", "gold_final", "proxy_final", "kl_final", "distinct_1", "distinct_2"]]),
             f"<h2>4. Training table ({html.escape(r.default_run)})</h2>",
             "<p>Reward = proxy score, KL in nats, Combined = Reward − β·KL (the KL-regularised objective).</p>",

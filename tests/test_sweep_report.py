@@ -96,7 +96,7 @@ def test_report_stage(experiment_cfg, experiment):
     for heading in ("1. Over-optimisation", "2. Reward-model ensembles", "3. β ablation", "4. Training table",
                     "5. Reward hacking", "6. Reward-model quality", "7. Optuna study"):
         assert heading in page
-    assert page.count("data:image/png;base64,") == 5 and "http" not in page.split("<body>")[1].split("Optuna")[0]
+    assert page.count("data:image/png;base64,") == 6 and "http" not in page.split("<body>")[1].split("Optuna")[0]
     for name in ("ppo_curves.csv", "best_of_n.csv", "beta_ablation.csv"):
         assert (out / "plots" / name).is_file()
 
