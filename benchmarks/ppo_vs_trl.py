@@ -49,7 +49,7 @@ def ours(a) -> dict:
     policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
     reward, value = GPT2ForSequenceClassification(ccfg), GPT2ForSequenceClassification(ccfg)
     ppo = PPOConfig(iterations=a.iters, batch_size=a.batch, ppo_epochs=a.epochs, minibatches=a.minibatches,
-                    max_new_tokens=a.resp, lr=1e-4, temperature=1.0, beta=0.05)  # fmt: skip
+                    max_new_tokens=a.resp, lr=1e-4, temperature=1.0, beta=0.05, compile=a.compile)  # fmt: skip
     module = PPOModule(ppo, policy, ref, [reward], value, eos_token_id=2, pad_token_id=0)
     prompts = torch.randint(3, a.vocab, (a.batch * a.iters, a.prompt))
     data = torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts))
@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
     p.add_argument("--peer", default=str(ROOT.parent / "shared" / "bench" / "trl_ppo_peer.py"))
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--compile", action="store_true", help="ppo.compile: torch.compile the update (warm-up untimed)")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for our side (cpu, gpu)")
     p.add_argument("--precision", default="32-true", help="Lightning precision for our side (32-true, bf16-mixed)")
     a = p.parse_args()
@@ -115,6 +116,7 @@ def main() -> None:
         "ours_rollout_fraction": result["ours"]["rollout_fraction"],
         "device": torch.cuda.get_device_name() if a.accelerator == "gpu" else "cpu",
         "precision": a.precision,
+        "compile": a.compile,
     }))  # fmt: skip
 
 

@@ -117,3 +117,22 @@ def test_killed_run_resumes_where_it_stopped(ppo_cfg):
     assert metrics["steps"] == 4
     frame = pd.read_csv(Path(cfg.paths.ppo) / "resumed" / "eval_history.csv")
     assert list(frame["step"]) == [0, 2, 4]
+
+
+def test_compiled_minibatch_loss_matches_eager():
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    policy = GPT2LMHeadModel(cfg)
+    ppo = PPOConfig(value_model="shared", compile=True, max_new_tokens=6)
+    module = PPOModule(ppo, policy, GPT2LMHeadModel(cfg), [TokenCountReward()], None, 3, 0)
+    seq = torch.randint(4, 8, (4, 8))
+    args = (seq, torch.ones_like(seq), 2, seq[:, 2:], torch.randn(4, 6) - 2, torch.randn(4, 6),
+            torch.ones(4, 6), torch.randn(4, 6), torch.randn(4, 6))
+    eager_loss, eager_stats = module.minibatch_losses(*args)
+    compiled_loss, compiled_stats = module._losses(*args)
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
+    for key in eager_stats:
+        torch.testing.assert_close(compiled_stats[key], eager_stats[key], atol=1e-5, rtol=1e-5)
+    compiled_loss.backward()
+    assert policy.transformer.wte.weight.grad is not None
