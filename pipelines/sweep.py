@@ -17,6 +17,7 @@ Outputs (``paths.sweep``): ``trials.csv``, ``metrics.json`` (best β and ε, n_t
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import optuna
@@ -52,7 +53,22 @@ def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{sweep_dir / 'optuna.db'}"
 
 
-def make_study(cfg: Config, storage: str, study_name: str) -> optuna.Study:
+def make_study(cfg: Config, storage: str, study_name: str, attempts: int = 5) -> optuna.Study:
+    """Create or join the study. Workers starting together on an empty database race to create
+    Optuna's tables (one gets a duplicate-object error): the loser waits and joins."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return _create_or_load(cfg, storage, study_name)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _create_or_load(cfg: Config, storage: str, study_name: str) -> optuna.Study:
     s = cfg.sweep
     sampler = optuna.samplers.TPESampler(seed=s.sampler_seed)
     if s.objective == "gold":
