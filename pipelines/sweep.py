@@ -74,7 +74,8 @@ def _create_or_load(cfg: Config, storage: str, study_name: str) -> optuna.Study:
     if s.objective == "gold":
         # Early gold says little about final gold (over-optimisation comes late): judge from halfway,
         # and prune only the bottom quartile so a few lucky early trials don't cut everything else.
-        pruner = optuna.pruners.PercentilePruner(25.0, n_startup_trials=3, n_warmup_steps=s.iterations // 2)
+        # (Optuna's percentile is the share kept: 75 prunes the bottom quarter.)
+        pruner = optuna.pruners.PercentilePruner(75.0, n_startup_trials=3, n_warmup_steps=s.iterations // 2)
         pruner = pruner if s.pruning else optuna.pruners.NopPruner()
         return optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                    sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
