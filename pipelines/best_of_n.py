@@ -23,10 +23,9 @@ from rlhf_lab.data import read_texts, write_json
 from rlhf_lab.ensemble import OBJECTIVES, aggregate
 from rlhf_lab.generation import decode_responses, left_pad, sample
 from rlhf_lab.models import load_causal_lm, load_tokenizer
-from rlhf_lab.reward_model import last_token_scores, normalised
+from rlhf_lab.reward_model import last_token_scores, load_frozen_reward, member_paths, normalised
 from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
 from rlhf_lab.task import gold_reward
-from pipelines.ppo import load_frozen_reward, member_paths
 
 
 def powers_of_two(max_n: int) -> list[int]:

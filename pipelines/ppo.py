@@ -29,23 +29,10 @@ from rlhf_lab.ensemble import aggregate, disagreement
 from rlhf_lab.generation import decode_responses, left_pad, sample
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.preference import spearman
+from rlhf_lab.reward_model import load_frozen_reward, member_paths
 from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration, response_logits
 from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
 from rlhf_lab.task import gold_reward
-
-
-def member_paths(cfg: Config) -> list[Path]:
-    root = Path(cfg.paths.reward)
-    paths = sorted(root.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
-    if not paths:
-        raise UserError(f"{root}: no reward model members (run the reward stage first)")
-    return paths[: cfg.ppo.members] if cfg.ppo.members else paths
-
-
-def load_frozen_reward(path: Path):
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
 
 
 class Evaluator:

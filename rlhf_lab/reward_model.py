@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from rlhf_lab.config import UserError
+from rlhf_lab.config import Config, UserError
 from rlhf_lab.generation import position_ids
 from rlhf_lab.models import encode_texts
 from rlhf_lab.preference import bradley_terry_loss
@@ -46,6 +46,22 @@ def load_reward_backbone(path: str | Path, seed: int) -> torch.nn.Module:
         if head.bias is not None:
             head.bias.zero_()
     return model
+
+
+def member_paths(cfg: Config) -> list[Path]:
+    """The reward stage's ``member_<k>`` folders in member order, the first ``ppo.members`` of them."""
+    root = Path(cfg.paths.reward)
+    paths = sorted(root.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not paths:
+        raise UserError(f"{root}: no reward model members (run the reward stage first)")
+    return paths[: cfg.ppo.members] if cfg.ppo.members else paths
+
+
+def load_frozen_reward(path: Path):
+    """A saved member, as plain transformers loads it, in eval mode (normalisation in its config)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
 
 
 def score_head(model) -> torch.nn.Linear:
