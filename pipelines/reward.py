@@ -29,7 +29,15 @@ from rlhf_lab.preference import (
     spearman,
 )
 from rlhf_lab.reward_model import RewardModule, load_reward_backbone, score_texts
-from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main, tracking_uri
+from rlhf_lab.stage import (
+    apply_runtime,
+    create_parent_run,
+    make_trainer,
+    mlflow_logger,
+    replacing_dir,
+    stage_main,
+    tracking_uri,
+)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -107,10 +115,11 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
 
 
 def accuracy_vs_pairs(cfg: Config, train_rows, eval_rows, eval_labels, tokenizer, parent: str) -> dict:
-    """Held-out accuracy of one reward model trained on the first N pairs, for each N requested."""
+    """Held-out accuracy of one reward model trained on the first N pairs, for each requested N
+    smaller than the full set (member 0 is the model trained on all of them)."""
     out = {}
     for n in sorted(set(cfg.reward.scaling_pairs)):
-        if n > len(train_rows):
+        if n >= len(train_rows):
             continue
         model, logger = train_member(cfg, 0, train_rows[:n], eval_rows, tokenizer, parent, name=f"reward-pairs-{n}")
         raw = [score_texts(model, tokenizer, *side(eval_rows, s), cfg.reward.max_length).numpy()
@@ -118,7 +127,6 @@ def accuracy_vs_pairs(cfg: Config, train_rows, eval_rows, eval_labels, tokenizer
         out[str(n)] = pairwise_accuracy(raw[0], raw[1], eval_labels)
         logger.log_metrics({"rm/accuracy": out[str(n)], "rm/pairs": n})
         logger.finalize("success")
-    out[str(len(train_rows))] = None  # filled with member 0 (all pairs) by the caller
     return out
 
 
@@ -136,9 +144,7 @@ def run(cfg: Config) -> dict:
     sft_gold = np.array([row["gold"] for row in fresh]) if fresh else None
 
     client = MlflowClient(tracking_uri(cfg.tracking))
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
-    parent = client.create_run(experiment_id, run_name="reward", tags={"stage": "reward"}).info.run_id
+    parent = create_parent_run(cfg, "reward", "reward")
 
     metrics: dict = {}
     member_scores = []  # normalised held-out rewards per member: (chosen, rejected, fresh)

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config, ConfigError
 from rlhf_lab.data import write_json
-from rlhf_lab.stage import replacing_dir, stage_main, tracking_uri
+from rlhf_lab.stage import create_parent_run, replacing_dir, stage_main, tracking_uri
 from rlhf_lab.task import gold_reward
 
 
@@ -86,15 +86,10 @@ def _create_or_load(cfg: Config, storage: str, study_name: str) -> optuna.Study:
 
 def parent_run(cfg: Config, study: optuna.Study) -> str:
     """The study's MLflow run, shared by all workers through a study attribute."""
-    from mlflow import MlflowClient
-
     run_id = study.user_attrs.get("mlflow_run_id")
     if run_id:
         return run_id
-    client = MlflowClient(tracking_uri(cfg.tracking))
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
-    run_id = client.create_run(experiment_id, run_name=f"sweep-{study.study_name}", tags={"stage": "sweep"}).info.run_id
+    run_id = create_parent_run(cfg, f"sweep-{study.study_name}", "sweep")
     study.set_user_attr("mlflow_run_id", run_id)
     return run_id
 

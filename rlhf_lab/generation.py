@@ -27,16 +27,26 @@ class Samples:
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
 
 
+def pad_sequences(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists padded to one width: (ids, attention mask), each (B, T).
+
+    Left padding (prompts) makes every row end at the same column, where generation continues;
+    right padding (training text) keeps each text at the positions it starts from.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
 def left_pad(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``<bos> prompt`` ids, left-padded so all prompts end at the same column: (B, P) each."""
     seqs = [[tokenizer.bos_token_id] + tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s)
-        mask[i, width - len(s) :] = 1
-    return ids, mask
+    return pad_sequences(seqs, tokenizer.pad_token_id, left=True)
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from rlhf_lab.config import ModelConfig, UserError
+from rlhf_lab.generation import pad_sequences
 from rlhf_lab.task.grammar import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 
 
@@ -81,10 +82,4 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, ended: list[bool]
         + ([tokenizer.eos_token_id] if e else [])
         for t, e in zip(texts, ended)
     ]
-    width = max(len(seq) for seq in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, seq in enumerate(ids):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-    return input_ids, mask
+    return pad_sequences(ids, tokenizer.pad_token_id)

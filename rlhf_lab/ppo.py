@@ -111,13 +111,17 @@ class PPOModule(pl.LightningModule):
         self.samples_history: list[dict] = []
 
     # ---------------------------------------------------------------- forward helpers
-    def _response_logits_and_values(self, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int):
+    def _response_logits_and_values(self, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int,
+                                     need_logits: bool = True):  # fmt: skip
         """Policy logits predicting each response token (B, R, V) and values (B, R).
 
         The value of response token t is read at the position before it, the state it was chosen in.
+        Without ``need_logits`` (rollout values) the policy runs only if it carries the value head.
         """
         R = seq.shape[1] - prompt_len
-        logits, out = response_logits(self.policy, seq, mask, R, output_hidden_states=self.value_head is not None)
+        logits = None
+        if need_logits or self.value_head is not None:
+            logits, out = response_logits(self.policy, seq, mask, R, output_hidden_states=self.value_head is not None)
         if self.value_head is not None:
             values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         else:
@@ -147,10 +151,7 @@ class PPOModule(pl.LightningModule):
         ref_logits, _ = response_logits(self.ref_policy, seq, seq_mask, R)
         ref_logprobs = pm.logprobs_from_logits(ref_logits, samples.response_ids, cfg.temperature)
         ref_logprobs = ref_logprobs * mask
-        if self.value_head is not None:
-            _, values = self._response_logits_and_values(seq, seq_mask, P)
-        else:
-            values = token_scores(self.value_model, seq, seq_mask)[:, P - 1 : P - 1 + R]
+        _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
         # 2. score the finished responses
         member_scores = self.score(seq, seq_mask)
         scores = aggregate(member_scores, cfg.reward_objective, cfg.uwo_lambda)

@@ -18,6 +18,7 @@ import torch
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.generation import position_ids
 from rlhf_lab.models import encode_texts
+from rlhf_lab.ppo_math import last_token_index
 from rlhf_lab.preference import bradley_terry_loss
 from rlhf_lab.sft import check_finite
 
@@ -79,16 +80,10 @@ def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     return score_head(model)(hidden).squeeze(-1)
 
 
-def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of a mask: (B,)."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (positions * attention_mask).argmax(-1)
-
-
 def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Raw rewards read at the last non-padding token: (B,)."""
     scores = token_scores(model, input_ids, attention_mask)
-    return scores.gather(1, last_index(attention_mask)[:, None]).squeeze(1)
+    return scores.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
 
 
 def normalised(model, raw: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,16 @@ def mlflow_logger(cfg: Config, stage: str, run_name: str | None = None, tags: di
     return logger
 
 
+def create_parent_run(cfg: Config, run_name: str, stage: str) -> str:
+    """An MLflow run that nested runs point at (tag ``mlflow.parentRunId``); returns its id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+    return client.create_run(experiment_id, run_name=run_name, tags={"stage": stage}).info.run_id
+
+
 def flatten(data: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in data.items():
