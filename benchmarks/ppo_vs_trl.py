@@ -5,7 +5,7 @@ models), vocab 512, batch 64, prompt 8, response 32, 4 PPO epochs x 1 minibatch,
 temperature 1, random initialisation, CPU. The first iteration is warm-up; the rest are timed.
 TRL runs in its own environment (``make bench`` creates ``.venv-trl``) through the peer script
 ``../shared/bench/trl_ppo_peer.py``. The last line printed is JSON with ``ours_samples_per_s``,
-``trl_samples_per_s`` and ``ratio``.
+``trl_samples_per_s`` and ``ratio`` (medians over ``--repeats`` alternating runs of the two sides).
 
 usage: python benchmarks/ppo_vs_trl.py [--iters 6] [--trl-python .venv-trl/bin/python]
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -53,10 +54,14 @@ def ours(a) -> dict:
     module = PPOModule(ppo, policy, ref, [reward], value, eos_token_id=2, pad_token_id=0)
     prompts = torch.randint(3, a.vocab, (a.batch * a.iters, a.prompt))
     data = torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts))
-    loader = torch.utils.data.DataLoader(data, batch_size=a.batch)
+    world = a.devices * 1  # processes on this machine; each rolls out and trains on its share of the batch
+    loader = torch.utils.data.DataLoader(data, batch_size=a.batch // world)
     steps = a.epochs * a.minibatches
     stamps = Stamps(steps)
-    runtime = RuntimeConfig(accelerator=a.accelerator, precision=a.precision)
+    runtime = RuntimeConfig(accelerator=a.accelerator, precision=a.precision, devices=a.devices,
+                            strategy=a.strategy, threads=a.threads)  # fmt: skip
+    if a.threads:
+        torch.set_num_threads(a.threads)
     trainer = make_trainer(runtime, logger=False, max_steps=a.iters * steps, callbacks=[stamps],
                            enable_progress_bar=False)  # fmt: skip
     trainer.fit(module, loader)
@@ -93,27 +98,38 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
     p.add_argument("--peer", default=str(ROOT.parent / "shared" / "bench" / "trl_ppo_peer.py"))
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each side; medians are reported")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--devices", type=int, default=1, help="our side: processes (CPU) or GPUs, data-parallel")
+    p.add_argument("--strategy", default="auto", help="our side: Lightning strategy (ddp for --devices > 1)")
+    p.add_argument("--threads", type=int, default=0, help="our side: torch threads per process (0: default)")
     p.add_argument("--compile", action="store_true", help="ppo.compile: torch.compile the update (warm-up untimed)")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for our side (cpu, gpu)")
     p.add_argument("--precision", default="32-true", help="Lightning precision for our side (32-true, bf16-mixed)")
     a = p.parse_args()
     configure_environment()
-    result = {"config": {k: v for k, v in vars(a).items() if k not in ("trl_python", "peer", "skip_trl")}}
     if a.accelerator != "cpu":
         a.skip_trl = True  # the peer script is CPU-only
-    result["ours"] = ours(a)
-    print(f"ours: {result['ours']}", file=sys.stderr)
-    if not a.skip_trl:
-        result["trl"] = trl(a)
-        print(f"trl:  {result['trl']}", file=sys.stderr)
-    ours_sps = result["ours"]["samples_per_s"]
-    trl_sps = result.get("trl", {}).get("samples_per_s")
+    # The machine's speed drifts by ±15 % over minutes, so the two sides alternate and each ratio
+    # compares runs taken back to back; the figures reported are medians over the repeats.
+    runs = []
+    for repeat in range(a.repeats):
+        run = {"ours": ours(a)}
+        print(f"[{repeat + 1}/{a.repeats}] ours: {run['ours']}", file=sys.stderr)
+        if not a.skip_trl:
+            run["trl"] = trl(a)
+            run["ratio"] = run["ours"]["samples_per_s"] / run["trl"]["samples_per_s"]
+            print(f"[{repeat + 1}/{a.repeats}] trl:  {run['trl']}  ratio {run['ratio']:.2f}", file=sys.stderr)
+        runs.append(run)
+    ours_sps = statistics.median(r["ours"]["samples_per_s"] for r in runs)
+    trl_sps = statistics.median(r["trl"]["samples_per_s"] for r in runs) if not a.skip_trl else None
+    ratios = [round(r["ratio"], 2) for r in runs if "ratio" in r]
     print(json.dumps({
-        "ours_samples_per_s": ours_sps,
-        "trl_samples_per_s": trl_sps,
-        "ratio": round(ours_sps / trl_sps, 2) if trl_sps else None,
-        "ours_rollout_fraction": result["ours"]["rollout_fraction"],
+        "ours_samples_per_s": round(ours_sps, 2),
+        "trl_samples_per_s": round(trl_sps, 2) if trl_sps else None,
+        "ratio": round(statistics.median(ratios), 2) if ratios else None,
+        "ratios": ratios,
+        "ours_rollout_fraction": statistics.median(r["ours"]["rollout_fraction"] for r in runs),
         "device": torch.cuda.get_device_name() if a.accelerator == "gpu" else "cpu",
         "precision": a.precision,
         "compile": a.compile,

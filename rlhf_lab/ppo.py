@@ -174,12 +174,12 @@ class PPOModule(pl.LightningModule):
         """5. The PPO objective on one minibatch: clipped policy loss + c·clipped value loss − entropy bonus."""
         cfg = self.cfg
         logits, values = self._response_logits_and_values(seq, seq_mask, P)
-        logprobs = pm.logprobs_from_logits(logits, response_ids, cfg.temperature)
+        logp = pm.log_softmax_at_temperature(logits, cfg.temperature)  # (B, R, V), shared with the entropy
+        logprobs = pm.gather_tokens(logp, response_ids)
         pg_loss, pg_stats = pm.policy_loss(logprobs, old_logprobs, advantages, mask, cfg.clip_eps)
         vf_loss, vf_stats = pm.value_loss(values.float(), old_values, returns, mask, cfg.clip_value)
         # Logged always; differentiated only when it is part of the loss.
-        entropy = pm.masked_mean(pm.entropy_from_logits(logits if cfg.entropy_coef else logits.detach(),
-                                                        cfg.temperature), mask)  # fmt: skip
+        entropy = pm.masked_mean(pm.entropy_from_logprobs(logp if cfg.entropy_coef else logp.detach()), mask)
         loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
         stats = {
             "ppo/policy_loss": pg_loss.detach(), "ppo/value_loss": vf_loss.detach(), "ppo/entropy": entropy.detach(),
@@ -259,7 +259,10 @@ class PPOModule(pl.LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         extra = self.value_head if self.value_head is not None else self.value_model
         params += list(extra.parameters())
-        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, eps=1e-5, weight_decay=0.0)
+        # fused: one kernel per step instead of a loop over the parameters (≈ 1 % of a CPU iteration).
+        # Lightning refuses to clip the gradients of a fused optimizer under mixed precision.
+        fused = str(self.trainer.precision) in ("32-true", "64-true")
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, eps=1e-5, weight_decay=0.0, fused=fused)
         if self.cfg.lr_schedule == "constant":
             return optimizer
         total = self.cfg.iterations

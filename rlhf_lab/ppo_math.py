@@ -40,19 +40,30 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return whitened * mask
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log π(token) under softmax(logits / temperature): (B, T, V), (B, T) -> (B, T).
+def log_softmax_at_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) in float32: (..., V) -> (..., V).
 
     The temperature used for sampling must divide the logits here too, or the ratio π/π_old and
     the KL are computed for a different distribution than the one that produced the samples.
     """
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    if temperature != 1.0:  # dividing by 1 would only copy (B, T, V) floats
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1)
+
+
+def gather_tokens(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log π(token) from full log-distributions: (B, T, V), (B, T) -> (B, T)."""
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token entropy of softmax(logits / temperature): (B, T)."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log π(token) under softmax(logits / temperature): (B, T, V), (B, T) -> (B, T)."""
+    return gather_tokens(log_softmax_at_temperature(logits, temperature), tokens)
+
+
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy −Σ p·log p of log-distributions (B, T, V): (B, T)."""
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -69,8 +80,8 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 def kl_exact(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-token Σ_v π(v) (log π(v) − log π_ref(v)) from full distributions: (B, T)."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    logq = F.log_softmax(ref_logits.float() / temperature, dim=-1)
+    logp = log_softmax_at_temperature(logits, temperature)
+    logq = log_softmax_at_temperature(ref_logits, temperature)
     return (logp.exp() * (logp - logq)).sum(-1)
 
 

@@ -157,3 +157,13 @@ def test_non_finite_loss_stops_with_a_clear_error():
     check_finite(torch.tensor(1.0), "here")
     with pytest.raises(NonFiniteLossError, match="ppo iteration 7: loss is nan; lower the learning rate"):
         check_finite(torch.tensor(float("nan")), "ppo iteration 7")
+
+
+def test_entropy_of_uniform_and_one_hot_distributions():
+    uniform = pm.log_softmax_at_temperature(torch.zeros(1, 2, 8))
+    assert pm.entropy_from_logprobs(uniform)[0].tolist() == pytest.approx([math.log(8)] * 2)
+    peaked = pm.log_softmax_at_temperature(torch.tensor([[[0.0, 200.0, 0.0]]]))
+    assert pm.entropy_from_logprobs(peaked).item() == pytest.approx(0.0, abs=1e-6)
+    # temperature 2 on logits 2·z is the distribution of z
+    z = torch.randn(3, 5)
+    torch.testing.assert_close(pm.log_softmax_at_temperature(2 * z, 2.0), torch.log_softmax(z, -1))
