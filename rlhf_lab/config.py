@@ -210,7 +210,7 @@ class PPOConfig:
     run_name: str = "default"
     seed: int = 0  # added to runtime.seed: repeats of one setting differ only here
     iterations: int = 200
-    batch_size: int = 64  # prompts (= responses) per iteration
+    batch_size: int = 64  # prompts (= responses) per iteration, in each data-parallel process
     ppo_epochs: int = 2
     minibatches: int = 2
     # reward

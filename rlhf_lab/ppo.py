@@ -235,11 +235,10 @@ class PPOModule(pl.LightningModule):
         stats = self.update(ro)
         elapsed = time.perf_counter() - start
         mask = ro.samples.response_mask
-        kl = (pm.kl_k1(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item()
         stats.update({
             "ppo/score": ro.scores.mean().item(),
             "ppo/proxy": ro.member_scores.mean().item(),
-            "ppo/kl": kl,
+            "ppo/kl": (pm.kl_k1(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item(),
             "ppo/kl_k3": (pm.kl_k3(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item(),
             "ppo/beta": self.kl_ctl.value,
             "ppo/non_score_reward": (ro.rewards.sum(1) - ro.scores).mean().item(),
@@ -250,10 +249,22 @@ class PPOModule(pl.LightningModule):
             "perf/samples_per_s": prompt_ids.shape[0] / elapsed,
             "perf/rollout_fraction": rollout_s / elapsed,
         })  # fmt: skip
-        self.kl_ctl.update(kl, prompt_ids.shape[0])
+        stats = self._mean_over_processes(stats)
+        world = self.trainer.world_size
+        stats["perf/samples_per_s"] *= world  # every process rolled out its own batch
+        # β must follow the KL of the whole batch: one controller per process would drift apart.
+        self.kl_ctl.update(stats["ppo/kl"], prompt_ids.shape[0] * world)
         self.log_dict(stats, on_step=True, prog_bar=False)
         self.log("ppo/score_pb", stats["ppo/score"], prog_bar=True, logger=False)
-        self.log("ppo/kl_pb", kl, prog_bar=True, logger=False)
+        self.log("ppo/kl_pb", stats["ppo/kl"], prog_bar=True, logger=False)
+
+    def _mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        """Each statistic averaged over the data-parallel processes (one all-reduce); as is on one."""
+        if self.trainer.world_size == 1:
+            return stats
+        values = torch.tensor(list(stats.values()), dtype=torch.float64, device=self.device)
+        values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        return dict(zip(stats, values.tolist()))
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -1,5 +1,6 @@
 """PPO end to end: a toy reward that PPO must raise, the stage on the tiny pipeline, resume."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
 from rlhf_lab.ppo import PPOModule
@@ -136,3 +137,65 @@ def test_compiled_minibatch_loss_matches_eager():
         torch.testing.assert_close(compiled_stats[key], eager_stats[key], atol=1e-5, rtol=1e-5)
     compiled_loss.backward()
     assert policy.transformer.wte.weight.grad is not None
+
+
+class FinalState(Callback):
+    """Each process writes its β and a checksum of its policy weights (ddp_spawn leaves nothing in the parent)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.kls = folder, []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.kls.append(float(trainer.callback_metrics["ppo/kl"]))
+
+    def on_train_end(self, trainer, module):
+        state = {"beta": module.kl_ctl.value, "kls": self.kls,
+                 "weights": float(module.policy.transformer.wte.weight.double().sum())}  # fmt: skip
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(state))
+
+
+def test_data_parallel_processes_share_beta_and_weights(tmp_path):
+    """Two CPU processes (gloo): gradients are averaged and the adaptive β follows the global KL."""
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
+    ref.load_state_dict(policy.state_dict())
+    value = GPT2ForSequenceClassification(GPT2Config(**{**cfg.to_dict(), "num_labels": 1}))
+    ppo = PPOConfig(iterations=3, batch_size=8, ppo_epochs=1, minibatches=1, beta=0.1, adaptive_kl=True,
+                    target_kl=0.01, kl_horizon=100, lr=1e-2, max_new_tokens=6)
+    module = PPOModule(ppo, policy, ref, [TokenCountReward()], value, eos_token_id=3, pad_token_id=0)
+    prompts = torch.randint(4, 8, (8 * 2 * 3, 2))  # 3 iterations of 8 prompts for each process
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts)),
+                                         batch_size=8)
+    runtime = RuntimeConfig(strategy="ddp_spawn", devices=2, threads=1)
+    trainer = make_trainer(runtime, logger=False, max_steps=3, callbacks=[FinalState(tmp_path)],
+                           enable_progress_bar=False)
+    trainer.fit(module, loader)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # The KL that is logged and drives β is the mean over both processes' samples, not each one's own.
+    assert ranks[0]["kls"][-1] != 0  # the policy has moved away from the reference
+    assert ranks[0]["kls"] == pytest.approx(ranks[1]["kls"], rel=1e-12)
+    assert ranks[0]["beta"] != 0.1  # the controller moved β ...
+    assert ranks[0]["beta"] == pytest.approx(ranks[1]["beta"], rel=1e-12)  # ... identically in both processes
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-9)  # one model, synchronised
+    assert ranks[0]["weights"] != pytest.approx(float(ref.transformer.wte.weight.double().sum()), rel=1e-9)
+
+
+def test_mixed_precision_run_clips_gradients_and_trains():
+    """bf16 autocast (CPU here, GPUs in real use) with gradient clipping: the optimizer must not be the fused one."""
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
+    before = policy.transformer.wte.weight.detach().clone()
+    ppo = PPOConfig(iterations=2, batch_size=8, ppo_epochs=1, minibatches=1, value_model="shared",
+                    max_new_tokens=4, max_grad_norm=0.5)
+    module = PPOModule(ppo, policy, ref, [TokenCountReward()], None, eos_token_id=3, pad_token_id=0)
+    prompts = torch.randint(4, 8, (16, 2))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts)),
+                                         batch_size=8)
+    trainer = make_trainer(RuntimeConfig(precision="bf16-mixed"), logger=False, max_steps=2, enable_progress_bar=False)
+    trainer.fit(module, loader)
+    assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["ppo/policy_loss"])))
+    assert not torch.equal(before, policy.transformer.wte.weight)
