@@ -103,9 +103,11 @@ class PPOModule(pl.LightningModule):
             frozen.requires_grad_(False).eval()
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.kl_ctl = make_kl_controller(cfg)
-        # torch.compile fuses the elementwise work around the matmuls (same computation, fewer
-        # kernels); it pays a one-off compile (about 100 s on a 2-core CPU with a cold cache).
+        # torch.compile fuses the elementwise work around the matmuls of the update and of the frozen
+        # rollout passes (same computation, fewer kernels); it pays a one-off compile (about 100 s on a
+        # 2-core CPU with a cold cache).
         self._losses = torch.compile(self.minibatch_losses) if cfg.compile else self.minibatch_losses
+        self._score_rollout = torch.compile(self.score_rollout) if cfg.compile else self.score_rollout
         self.evaluate_fn = evaluate
         self.history: list[dict] = []  # evaluation rows; saved in checkpoints
         self.samples_history: list[dict] = []
@@ -146,14 +148,9 @@ class PPOModule(pl.LightningModule):
             self.eos_token_id, self.pad_token_id, temperature=cfg.temperature,
         )  # fmt: skip
         seq, seq_mask, mask = samples.sequence_ids, samples.sequence_mask, samples.response_mask
-        P = prompt_ids.shape[1]
-        R = mask.shape[1]
-        ref_logits, _ = response_logits(self.ref_policy, seq, seq_mask, R)
-        ref_logprobs = pm.logprobs_from_logits(ref_logits, samples.response_ids, cfg.temperature)
+        ref_logprobs, values, member_scores = self._score_rollout(seq, seq_mask, samples.response_ids)
         ref_logprobs = ref_logprobs * mask
-        _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
-        # 2. score the finished responses
-        member_scores = self.score(seq, seq_mask)
+        # 2. the finished responses' training score
         scores = aggregate(member_scores, cfg.reward_objective, cfg.uwo_lambda)
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~samples.ended).float()
@@ -167,6 +164,16 @@ class PPOModule(pl.LightningModule):
             advantages = pm.masked_whiten(advantages, mask)
         return Rollout(samples, samples.logprobs, ref_logprobs, values.float() * mask, scores,
                        member_scores, rewards, advantages, returns)  # fmt: skip
+
+    @torch.no_grad()
+    def score_rollout(self, seq: torch.Tensor, seq_mask: torch.Tensor, response_ids: torch.Tensor):
+        """The frozen passes over the sampled sequences: reference log-probs (B, R), values (B, R)
+        and every reward member's normalised score (K, B)."""
+        P, R = seq.shape[1] - response_ids.shape[1], response_ids.shape[1]
+        ref_logits, _ = response_logits(self.ref_policy, seq, seq_mask, R)
+        ref_logprobs = pm.logprobs_from_logits(ref_logits, response_ids, self.cfg.temperature)
+        _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
+        return ref_logprobs, values, self.score(seq, seq_mask)
 
     # ---------------------------------------------------------------- 5: optimisation
     def minibatch_losses(self, seq, seq_mask, P: int, response_ids, old_logprobs, advantages, mask, old_values,

@@ -120,7 +120,7 @@ def test_killed_run_resumes_where_it_stopped(ppo_cfg):
     assert list(frame["step"]) == [0, 2, 4]
 
 
-def test_compiled_minibatch_loss_matches_eager():
+def test_compiled_loss_and_rollout_passes_match_eager():
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
                      bos_token_id=2, eos_token_id=3, pad_token_id=0)
@@ -137,6 +137,11 @@ def test_compiled_minibatch_loss_matches_eager():
         torch.testing.assert_close(compiled_stats[key], eager_stats[key], atol=1e-5, rtol=1e-5)
     compiled_loss.backward()
     assert policy.transformer.wte.weight.grad is not None
+    # The frozen rollout passes too.
+    response = seq[:, 2:]
+    for eager, compiled in zip(module.score_rollout(seq, torch.ones_like(seq), response),
+                               module._score_rollout(seq, torch.ones_like(seq), response)):  # fmt: skip
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
 class FinalState(Callback):
