@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from transformers import DynamicCache, StaticCache
 
 
 @dataclass
@@ -54,6 +56,13 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def next_token_logits(model, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+    """One forward with a KV cache: the logits after the last input token (B, V)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+    return out.logits[:, -1]
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -64,17 +73,25 @@ def sample(
     pad_token_id: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    compiled_step: Callable | None = None,
 ) -> Samples:
-    """Ancestral sampling from softmax(logits / temperature); temperature 0 is greedy."""
+    """Ancestral sampling from softmax(logits / temperature); temperature 0 is greedy.
+
+    ``compiled_step`` is ``next_token_logits`` under torch.compile: it runs on a preallocated
+    (static) KV cache, whose shapes do not change from step to step, instead of a growing one.
+    """
     batch = prompt_ids.shape[0]
     device = prompt_ids.device
     mask = prompt_mask
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    if compiled_step is None:
+        step, cache = next_token_logits, DynamicCache(config=model.config)
+    else:
+        step, cache = compiled_step, StaticCache(config=model.config, max_cache_len=mask.shape[1] + max_new_tokens)
+    logits = step(model, prompt_ids, mask, position_ids(mask), cache)
     next_position = position_ids(mask)[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
-    for step in range(max_new_tokens):
+    for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)  # (B, V)
         if temperature > 0:
             token = sample_categorical(logp.exp(), generator)
@@ -85,17 +102,10 @@ def sample(
         # PPO's old log-probs come from here: the very distribution the token was drawn from.
         logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
         done = done | (token == eos_token_id)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        if t == max_new_tokens - 1 or bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_position,
-            past_key_values=past,
-            use_cache=True,
-        )
-        past, logits = out.past_key_values, out.logits[:, -1]
+        logits = step(model, token[:, None], mask, next_position, cache)
         next_position = next_position + 1
     response = torch.stack(tokens, dim=1)  # (B, R)
     response_mask = response_mask_from_ids(response, eos_token_id)

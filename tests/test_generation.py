@@ -1,7 +1,7 @@
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from rlhf_lab.generation import position_ids, response_mask_from_ids, sample
+from rlhf_lab.generation import next_token_logits, position_ids, response_mask_from_ids, sample
 
 
 def tiny_lm(vocab=20, seed=0):
@@ -69,3 +69,17 @@ def test_categorical_sampler_matches_the_distribution_and_skips_zero_mass():
     se = torch.sqrt(probs.double() * (1 - probs.double()) / n)
     assert ((freq - probs.double()).abs() <= 5 * se + 1e-12).all(), freq
     assert freq[1] == 0 and freq[4] == 0
+
+
+def test_static_cache_step_samples_what_the_growing_cache_samples():
+    """The path ppo.compile takes (a preallocated cache; the step uncompiled here) with padded prompts."""
+    model = tiny_lm()
+    ids = torch.tensor([[0, 0, 2, 5], [2, 7, 8, 9], [0, 2, 4, 4]])
+    mask = (ids != 0).long()
+    runs = []
+    for step in (None, next_token_logits):
+        generator = torch.Generator().manual_seed(3)
+        runs.append(sample(model, ids, mask, 8, eos_token_id=3, pad_token_id=0, generator=generator,
+                           compiled_step=step))  # fmt: skip
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)

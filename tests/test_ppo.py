@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
+from rlhf_lab.generation import sample
 from rlhf_lab.ppo import PPOModule
 from rlhf_lab.stage import make_trainer
 
@@ -137,6 +138,13 @@ def test_compiled_loss_and_rollout_passes_match_eager():
         torch.testing.assert_close(compiled_stats[key], eager_stats[key], atol=1e-5, rtol=1e-5)
     compiled_loss.backward()
     assert policy.transformer.wte.weight.grad is not None
+    # Sampling through the compiled step on its static cache draws the tokens the eager step draws.
+    prompt, prompt_mask = seq[:, :2], torch.ones_like(seq[:, :2])
+    runs = []
+    for step in (None, module._decode_step):
+        generator = torch.Generator().manual_seed(0)
+        runs.append(sample(policy, prompt, prompt_mask, 6, 3, 0, generator=generator, compiled_step=step))
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
     # The frozen rollout passes too.
     response = seq[:, 2:]
     for eager, compiled in zip(module.score_rollout(seq, torch.ones_like(seq), response),
