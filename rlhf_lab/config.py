@@ -236,7 +236,7 @@ class PPOConfig:
     lr_schedule: Literal["constant", "linear"] = "constant"
     max_grad_norm: float = 1.0
     value_model: Literal["separate", "shared"] = "separate"  # separate: init from reward member 0
-    compile: bool = False  # torch.compile the minibatch forward/loss (one-off compile cost)
+    compile: bool = False  # torch.compile the update, the frozen rollout passes and the decoding step
     # generation
     temperature: float = 1.0
     max_new_tokens: int = 24
