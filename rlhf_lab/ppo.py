@@ -66,6 +66,19 @@ def response_logits(model, seq: torch.Tensor, mask: torch.Tensor, R: int, **kwar
     return out.logits[:, :-1], out
 
 
+def response_logits_and_features(model, seq: torch.Tensor, mask: torch.Tensor, R: int):
+    """``response_logits`` plus the final hidden states at the same positions (B, R, H), read as the
+    LM head's input (any causal LM; no reliance on ``output_hidden_states``, which transformers 5
+    loses when a model is pickled, as ``ddp_spawn`` does)."""
+    features = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: features.append(args[0]))
+    try:
+        logits, _ = response_logits(model, seq, mask, R)
+    finally:
+        hook.remove()
+    return logits, features[0][:, :-1]
+
+
 def make_kl_controller(cfg: PPOConfig):
     if cfg.adaptive_kl:
         return pm.AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon)
@@ -122,13 +135,11 @@ class PPOModule(pl.LightningModule):
         Without ``need_logits`` (rollout values) the policy runs only if it carries the value head.
         """
         R = seq.shape[1] - prompt_len
-        logits = None
-        if need_logits or self.value_head is not None:
-            logits, out = response_logits(self.policy, seq, mask, R, output_hidden_states=self.value_head is not None)
         if self.value_head is not None:
-            values = self.value_head(out.hidden_states[-1]).squeeze(-1)
-        else:
-            values = token_scores(self.value_model, seq, mask)
+            logits, features = response_logits_and_features(self.policy, seq, mask, R)
+            return logits, self.value_head(features).squeeze(-1)
+        logits = response_logits(self.policy, seq, mask, R)[0] if need_logits else None
+        values = token_scores(self.value_model, seq, mask)
         return logits, values[:, prompt_len - 1 : prompt_len - 1 + R]
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
-from rlhf_lab.generation import sample
+from rlhf_lab.generation import position_ids, sample
 from rlhf_lab.ppo import PPOModule
 from rlhf_lab.stage import make_trainer
 
@@ -167,16 +167,19 @@ class FinalState(Callback):
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(state))
 
 
-def test_data_parallel_processes_share_beta_and_weights(tmp_path):
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_data_parallel_processes_share_beta_and_weights(tmp_path, value_model):
     """Two CPU processes (gloo): gradients are averaged and the adaptive β follows the global KL."""
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
                      bos_token_id=2, eos_token_id=3, pad_token_id=0)
     policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
     ref.load_state_dict(policy.state_dict())
-    value = GPT2ForSequenceClassification(GPT2Config(**{**cfg.to_dict(), "num_labels": 1}))
+    value = None
+    if value_model == "separate":
+        value = GPT2ForSequenceClassification(GPT2Config(**{**cfg.to_dict(), "num_labels": 1}))
     ppo = PPOConfig(iterations=3, batch_size=8, ppo_epochs=1, minibatches=1, beta=0.1, adaptive_kl=True,
-                    target_kl=0.01, kl_horizon=100, lr=1e-2, max_new_tokens=6)
+                    target_kl=0.01, kl_horizon=100, lr=1e-2, max_new_tokens=6, value_model=value_model)
     module = PPOModule(ppo, policy, ref, [TokenCountReward()], value, eos_token_id=3, pad_token_id=0)
     prompts = torch.randint(4, 8, (8 * 2 * 3, 2))  # 3 iterations of 8 prompts for each process
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts)),
@@ -212,3 +215,20 @@ def test_mixed_precision_run_clips_gradients_and_trains():
     trainer.fit(module, loader)
     assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["ppo/policy_loss"])))
     assert not torch.equal(before, policy.transformer.wte.weight)
+
+
+def test_shared_value_head_reads_the_final_hidden_states():
+    from rlhf_lab.ppo import response_logits_and_features
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    model = GPT2LMHeadModel(cfg).eval()
+    seq = torch.randint(4, 8, (3, 9))
+    mask = torch.ones_like(seq)
+    mask[0, :2] = 0  # a left-padded prompt
+    logits, features = response_logits_and_features(model, seq, mask, R=5)
+    out = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
+    # Position t's state predicts token t + 1: the 5 response tokens are predicted from positions 3..7.
+    torch.testing.assert_close(features, out.hidden_states[-1][:, 3:8])
+    torch.testing.assert_close(logits, out.logits[:, 3:8])
