@@ -66,19 +66,6 @@ def response_logits(model, seq: torch.Tensor, mask: torch.Tensor, R: int, **kwar
     return out.logits[:, :-1], out
 
 
-def response_logits_and_features(model, seq: torch.Tensor, mask: torch.Tensor, R: int):
-    """``response_logits`` plus the final hidden states at the same positions (B, R, H), read as the
-    LM head's input (any causal LM; no reliance on ``output_hidden_states``, which transformers 5
-    loses when a model is pickled, as ``ddp_spawn`` does)."""
-    features = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: features.append(args[0]))
-    try:
-        logits, _ = response_logits(model, seq, mask, R)
-    finally:
-        hook.remove()
-    return logits, features[0][:, :-1]
-
-
 def make_kl_controller(cfg: PPOConfig):
     if cfg.adaptive_kl:
         return pm.AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon)
@@ -109,6 +96,9 @@ class PPOModule(pl.LightningModule):
             self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
+            # The head reads the policy's final hidden states as its LM head does: whatever the model,
+            # and without output_hidden_states, which transformers 5 loses in an unpickled model (ddp_spawn).
+            policy.get_output_embeddings().register_forward_hook(self._keep_lm_head_input)
         for model in (policy, ref_policy, *reward_models, *([value_model] if value_model else [])):
             disable_dropout(model)
             fuse_tanh_gelu(model)
@@ -127,6 +117,9 @@ class PPOModule(pl.LightningModule):
         self.samples_history: list[dict] = []
 
     # ---------------------------------------------------------------- forward helpers
+    def _keep_lm_head_input(self, _module, args, _output) -> None:
+        self._lm_head_input = args[0]
+
     def _response_logits_and_values(self, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int,
                                      need_logits: bool = True):  # fmt: skip
         """Policy logits predicting each response token (B, R, V) and values (B, R).
@@ -136,7 +129,8 @@ class PPOModule(pl.LightningModule):
         """
         R = seq.shape[1] - prompt_len
         if self.value_head is not None:
-            logits, features = response_logits_and_features(self.policy, seq, mask, R)
+            logits, _ = response_logits(self.policy, seq, mask, R)
+            features = self._lm_head_input[:, :-1]  # (B, R, H), the states logits were read from
             return logits, self.value_head(features).squeeze(-1)
         logits = response_logits(self.policy, seq, mask, R)[0] if need_logits else None
         values = token_scores(self.value_model, seq, mask)

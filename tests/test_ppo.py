@@ -218,17 +218,17 @@ def test_mixed_precision_run_clips_gradients_and_trains():
 
 
 def test_shared_value_head_reads_the_final_hidden_states():
-    from rlhf_lab.ppo import response_logits_and_features
-
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=2, n_head=2,
                      bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    model = GPT2LMHeadModel(cfg).eval()
+    policy = GPT2LMHeadModel(cfg).eval()
+    module = PPOModule(PPOConfig(value_model="shared"), policy, GPT2LMHeadModel(cfg), [TokenCountReward()], None, 3, 0)
+    torch.nn.init.normal_(module.value_head.weight)
     seq = torch.randint(4, 8, (3, 9))
     mask = torch.ones_like(seq)
     mask[0, :2] = 0  # a left-padded prompt
-    logits, features = response_logits_and_features(model, seq, mask, R=5)
-    out = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
-    # Position t's state predicts token t + 1: the 5 response tokens are predicted from positions 3..7.
-    torch.testing.assert_close(features, out.hidden_states[-1][:, 3:8])
+    logits, values = module._response_logits_and_values(seq, mask, prompt_len=4)
+    out = policy(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
+    # Position t's state predicts token t + 1: the 5 response tokens are read from positions 3..7.
     torch.testing.assert_close(logits, out.logits[:, 3:8])
+    torch.testing.assert_close(values, module.value_head(out.hidden_states[-1][:, 3:8]).squeeze(-1))
