@@ -59,8 +59,8 @@ class Evaluator:
                      temperature=cfg.temperature, generator=generator)  # fmt: skip
         seq, seq_mask, rmask = out.sequence_ids, out.sequence_mask, out.response_mask
         R = rmask.shape[1]
-        logits, _ = response_logits(module.policy, seq, seq_mask, R)
-        ref, _ = response_logits(module.ref_policy, seq, seq_mask, R)
+        logits = response_logits(module.policy, seq, seq_mask, R)
+        ref = response_logits(module.ref_policy, seq, seq_mask, R)
         ref_logprobs = pm.logprobs_from_logits(ref, out.response_ids, cfg.temperature)
         members = module.score(seq, seq_mask)  # (K, B)
         proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)

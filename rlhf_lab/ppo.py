@@ -56,14 +56,14 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> None:
                 setattr(parent, name, torch.nn.GELU(approximate="tanh"))
 
 
-def response_logits(model, seq: torch.Tensor, mask: torch.Tensor, R: int, **kwargs):
-    """(logits predicting each of the last R tokens (B, R, V), model output).
+def response_logits(model, seq: torch.Tensor, mask: torch.Tensor, R: int) -> torch.Tensor:
+    """Logits predicting each of the last R tokens: (B, R, V).
 
     ``logits_to_keep`` skips the LM head on prompt positions; R + 1 positions are kept because the
     logit at position t predicts token t + 1.
     """
-    out = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=R + 1, **kwargs)
-    return out.logits[:, :-1], out
+    out = model(input_ids=seq, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=R + 1)
+    return out.logits[:, :-1]
 
 
 def make_kl_controller(cfg: PPOConfig):
@@ -129,10 +129,10 @@ class PPOModule(pl.LightningModule):
         """
         R = seq.shape[1] - prompt_len
         if self.value_head is not None:
-            logits, _ = response_logits(self.policy, seq, mask, R)
+            logits = response_logits(self.policy, seq, mask, R)
             features = self._lm_head_input[:, :-1]  # (B, R, H), the states logits were read from
             return logits, self.value_head(features).squeeze(-1)
-        logits = response_logits(self.policy, seq, mask, R)[0] if need_logits else None
+        logits = response_logits(self.policy, seq, mask, R) if need_logits else None
         values = token_scores(self.value_model, seq, mask)
         return logits, values[:, prompt_len - 1 : prompt_len - 1 + R]
 
@@ -176,7 +176,7 @@ class PPOModule(pl.LightningModule):
         """The frozen passes over the sampled sequences: reference log-probs (B, R), values (B, R)
         and every reward member's normalised score (K, B)."""
         P, R = seq.shape[1] - response_ids.shape[1], response_ids.shape[1]
-        ref_logits, _ = response_logits(self.ref_policy, seq, seq_mask, R)
+        ref_logits = response_logits(self.ref_policy, seq, seq_mask, R)
         ref_logprobs = pm.logprobs_from_logits(ref_logits, response_ids, self.cfg.temperature)
         _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
         return ref_logprobs, values, self.score(seq, seq_mask)
