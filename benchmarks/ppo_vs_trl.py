@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
 from rlhf_lab.ppo import PPOModule
-from rlhf_lab.stage import configure_environment, make_trainer
+from rlhf_lab.stage import apply_runtime, configure_environment, make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,25 +43,23 @@ class Stamps(Callback):
 def ours(a) -> dict:
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    torch.manual_seed(0)
+    runtime = RuntimeConfig(accelerator=a.accelerator, precision=a.precision, devices=a.devices,
+                            strategy=a.strategy, threads=a.threads)  # fmt: skip
+    apply_runtime(runtime)  # threads and seed, as every stage does
+    per_process = a.batch // a.devices  # data-parallel processes each roll out their share of the batch
     cfg = GPT2Config(vocab_size=a.vocab, n_positions=128, n_embd=a.dim, n_layer=a.layers, n_head=4,
                      bos_token_id=2, eos_token_id=2, pad_token_id=0)  # fmt: skip
     ccfg = GPT2Config(**{**cfg.to_dict(), "num_labels": 1})
     policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
     reward, value = GPT2ForSequenceClassification(ccfg), GPT2ForSequenceClassification(ccfg)
-    ppo = PPOConfig(iterations=a.iters, batch_size=a.batch, ppo_epochs=a.epochs, minibatches=a.minibatches,
+    ppo = PPOConfig(iterations=a.iters, batch_size=per_process, ppo_epochs=a.epochs, minibatches=a.minibatches,
                     max_new_tokens=a.resp, lr=1e-4, temperature=1.0, beta=0.05, compile=a.compile)  # fmt: skip
     module = PPOModule(ppo, policy, ref, [reward], value, eos_token_id=2, pad_token_id=0)
     prompts = torch.randint(3, a.vocab, (a.batch * a.iters, a.prompt))
     data = torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts))
-    world = a.devices * 1  # processes on this machine; each rolls out and trains on its share of the batch
-    loader = torch.utils.data.DataLoader(data, batch_size=a.batch // world)
+    loader = torch.utils.data.DataLoader(data, batch_size=per_process)
     steps = a.epochs * a.minibatches
     stamps = Stamps(steps)
-    runtime = RuntimeConfig(accelerator=a.accelerator, precision=a.precision, devices=a.devices,
-                            strategy=a.strategy, threads=a.threads)  # fmt: skip
-    if a.threads:
-        torch.set_num_threads(a.threads)
     trainer = make_trainer(runtime, logger=False, max_steps=a.iters * steps, callbacks=[stamps],
                            enable_progress_bar=False)  # fmt: skip
     trainer.fit(module, loader)
@@ -110,7 +108,7 @@ def main() -> None:
     configure_environment()
     if a.accelerator != "cpu":
         a.skip_trl = True  # the peer script is CPU-only
-    # The machine's speed drifts by ±15 % over minutes, so the two sides alternate and each ratio
+    # The machine's speed drifts by ±10 % over minutes, so the two sides alternate and each ratio
     # compares runs taken back to back; the figures reported are medians over the repeats.
     runs = []
     for repeat in range(a.repeats):
