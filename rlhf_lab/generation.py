@@ -19,6 +19,7 @@ class Samples:
     response_mask: torch.Tensor  # (B, R) 1 up to and including <eos>
     ended: torch.Tensor  # (B,) bool: the response emitted <eos>
     logprobs: torch.Tensor  # (B, R) log-prob of each sampled token under the sampling distribution
+    distributions: torch.Tensor | None = None  # (B, R, V) the sampling log-distributions, when kept
 
     @property
     def sequence_ids(self) -> torch.Tensor:
@@ -74,8 +75,12 @@ def sample(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     compiled_step: Callable | None = None,
+    keep_distributions: bool = False,
 ) -> Samples:
     """Ancestral sampling from softmax(logits / temperature); temperature 0 is greedy.
+
+    ``keep_distributions`` also returns every step's full log-distribution (B·R·V floats), from
+    which the exact KL to a reference follows without another forward pass.
 
     ``compiled_step`` is ``next_token_logits`` under torch.compile: it runs on a preallocated
     (static) KV cache, whose shapes do not change from step to step, instead of a growing one.
@@ -90,9 +95,11 @@ def sample(
     logits = step(model, prompt_ids, mask, position_ids(mask), cache)
     next_position = position_ids(mask)[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logprobs = [], []
+    tokens, logprobs, distributions = [], [], []
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)  # (B, V)
+        if keep_distributions:
+            distributions.append(logp)
         if temperature > 0:
             token = sample_categorical(logp.exp(), generator)
         else:
@@ -112,7 +119,8 @@ def sample(
     response = torch.where(response_mask.bool(), response, torch.full_like(response, pad_token_id))
     ended = ((response == eos_token_id) & response_mask.bool()).any(-1)
     token_logprobs = torch.stack(logprobs, dim=1) * response_mask
-    return Samples(prompt_ids, prompt_mask, response, response_mask, ended, token_logprobs)
+    kept = torch.stack(distributions, dim=1) if keep_distributions else None
+    return Samples(prompt_ids, prompt_mask, response, response_mask, ended, token_logprobs, kept)
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

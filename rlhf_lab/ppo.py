@@ -36,6 +36,7 @@ class Rollout:
     rewards: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    kl_exact: torch.Tensor | None  # (B, R) per-token KL from full distributions (small vocabularies)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -70,6 +71,11 @@ def make_kl_controller(cfg: PPOConfig):
     if cfg.adaptive_kl:
         return pm.AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon)
     return pm.FixedKLController(cfg.beta)
+
+
+# Up to this vocabulary size the rollout keeps the sampling distributions (B·R·V floats) and logs
+# the exact KL to the reference next to its sampled estimates.
+EXACT_KL_MAX_VOCAB = 4096
 
 
 class PPOModule(pl.LightningModule):
@@ -150,11 +156,14 @@ class PPOModule(pl.LightningModule):
         self.policy.eval()
         # 1. generate (log-probs of the sampled tokens come from the sampling distribution itself)
         samples = sample(
-            self.policy, prompt_ids, prompt_mask, cfg.max_new_tokens,
-            self.eos_token_id, self.pad_token_id, temperature=cfg.temperature, compiled_step=self._decode_step,
+            self.policy, prompt_ids, prompt_mask, cfg.max_new_tokens, self.eos_token_id, self.pad_token_id,
+            temperature=cfg.temperature, compiled_step=self._decode_step,
+            keep_distributions=self.policy.config.vocab_size <= EXACT_KL_MAX_VOCAB,
         )  # fmt: skip
         seq, seq_mask, mask = samples.sequence_ids, samples.sequence_mask, samples.response_mask
-        ref_logprobs, values, member_scores = self._score_rollout(seq, seq_mask, samples.response_ids)
+        ref_logprobs, values, member_scores, kl_exact = self._score_rollout(
+            seq, seq_mask, samples.response_ids, samples.distributions
+        )
         ref_logprobs = ref_logprobs * mask
         # 2. the finished responses' training score
         scores = aggregate(member_scores, cfg.reward_objective, cfg.uwo_lambda)
@@ -168,18 +177,21 @@ class PPOModule(pl.LightningModule):
         advantages, returns = pm.gae(rewards, values.float(), mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = pm.masked_whiten(advantages, mask)
-        return Rollout(samples, samples.logprobs, ref_logprobs, values.float() * mask, scores,
-                       member_scores, rewards, advantages, returns)  # fmt: skip
+        return Rollout(samples, samples.logprobs, ref_logprobs, values.float() * mask, scores, member_scores,
+                       rewards, advantages, returns, None if kl_exact is None else kl_exact * mask)  # fmt: skip
 
     @torch.no_grad()
-    def score_rollout(self, seq: torch.Tensor, seq_mask: torch.Tensor, response_ids: torch.Tensor):
-        """The frozen passes over the sampled sequences: reference log-probs (B, R), values (B, R)
-        and every reward member's normalised score (K, B)."""
+    def score_rollout(self, seq: torch.Tensor, seq_mask: torch.Tensor, response_ids: torch.Tensor,
+                      distributions: torch.Tensor | None = None):  # fmt: skip
+        """The frozen passes over the sampled sequences: reference log-probs (B, R), values (B, R),
+        every reward member's normalised score (K, B), and with the policy's sampling
+        ``distributions`` (B, R, V) the exact per-token KL to the reference (B, R), else None."""
         P, R = seq.shape[1] - response_ids.shape[1], response_ids.shape[1]
         ref_logits = response_logits(self.ref_policy, seq, seq_mask, R)
-        ref_logprobs = pm.logprobs_from_logits(ref_logits, response_ids, self.cfg.temperature)
+        ref_logp = pm.log_softmax_at_temperature(ref_logits, self.cfg.temperature)  # (B, R, V)
+        kl_exact = None if distributions is None else pm.kl_between(distributions, ref_logp)
         _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
-        return ref_logprobs, values, self.score(seq, seq_mask)
+        return pm.gather_tokens(ref_logp, response_ids), values, self.score(seq, seq_mask), kl_exact
 
     # ---------------------------------------------------------------- 5: optimisation
     def minibatch_losses(self, seq, seq_mask, P: int, response_ids, old_logprobs, advantages, mask, old_values,
@@ -253,6 +265,7 @@ class PPOModule(pl.LightningModule):
             "ppo/proxy": ro.member_scores.mean().item(),
             "ppo/kl": (pm.kl_k1(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item(),
             "ppo/kl_k3": (pm.kl_k3(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item(),
+            **({"ppo/kl_exact": ro.kl_exact.sum(1).mean().item()} if ro.kl_exact is not None else {}),
             "ppo/beta": self.kl_ctl.value,
             "ppo/non_score_reward": (ro.rewards.sum(1) - ro.scores).mean().item(),
             "ppo/explained_variance": pm.explained_variance(ro.values, ro.returns, mask),

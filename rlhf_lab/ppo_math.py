@@ -80,9 +80,13 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 def kl_exact(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-token Σ_v π(v) (log π(v) − log π_ref(v)) from full distributions: (B, T)."""
-    logp = log_softmax_at_temperature(logits, temperature)
-    logq = log_softmax_at_temperature(ref_logits, temperature)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    logp, ref_logp = (log_softmax_at_temperature(x, temperature) for x in (logits, ref_logits))
+    return kl_between(logp, ref_logp)
+
+
+def kl_between(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π‖π_ref) from full log-distributions (B, T, V): (B, T)."""
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

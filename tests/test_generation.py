@@ -83,3 +83,23 @@ def test_static_cache_step_samples_what_the_growing_cache_samples():
                            compiled_step=step))  # fmt: skip
     assert torch.equal(runs[0].response_ids, runs[1].response_ids)
     torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_kept_distributions_are_the_ones_sampled_from():
+    model = tiny_lm()
+    ids, mask = torch.tensor([[0, 2, 5], [2, 7, 8]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    generator = torch.Generator().manual_seed(0)
+    out = sample(model, ids, mask, 5, eos_token_id=3, pad_token_id=0, temperature=0.7, generator=generator,
+                 keep_distributions=True)  # fmt: skip
+    assert out.distributions.shape == (2, out.response_ids.shape[1], 20)
+    torch.testing.assert_close(out.distributions.exp().sum(-1), torch.ones(out.response_ids.shape))
+    kept_at_tokens = out.distributions.gather(-1, out.response_ids[..., None]).squeeze(-1) * out.response_mask
+    torch.testing.assert_close(kept_at_tokens, out.logprobs)
+    # ... and they are the model's own next-token distributions at temperature 0.7.
+    full = model(out.sequence_ids, attention_mask=out.sequence_mask,
+                 position_ids=position_ids(out.sequence_mask)).logits  # fmt: skip
+    R = out.response_ids.shape[1]
+    expected = torch.log_softmax(full[:, -R - 1 : -1] / 0.7, dim=-1)
+    real = out.response_mask.bool()
+    torch.testing.assert_close(out.distributions[real], expected[real], atol=1e-5, rtol=1e-5)
+    assert sample(model, ids, mask, 5, 3, 0, temperature=0.7).distributions is None  # not kept by default

@@ -10,9 +10,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
+from rlhf_lab import ppo_math as pm
 from rlhf_lab.config import PPOConfig, RuntimeConfig
 from rlhf_lab.generation import position_ids, sample
-from rlhf_lab.ppo import PPOModule
+from rlhf_lab.ppo import PPOModule, response_logits
 from rlhf_lab.stage import make_trainer
 
 TARGET = 5  # the toy reward counts this token
@@ -36,11 +37,12 @@ class TokenCountReward(torch.nn.Module):
 
 class History(Callback):
     def __init__(self):
-        self.scores, self.kls = [], []
+        self.scores, self.kls, self.exact_kls = [], [], []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.scores.append(float(trainer.callback_metrics["ppo/score"]))
         self.kls.append(float(trainer.callback_metrics["ppo/kl"]))
+        self.exact_kls.append(float(trainer.callback_metrics["ppo/kl_exact"]))
 
 
 def test_ppo_raises_a_toy_reward_with_finite_kl():
@@ -64,6 +66,7 @@ def test_ppo_raises_a_toy_reward_with_finite_kl():
     assert last > first + 1.0, (first, last)
     assert all(torch.isfinite(torch.tensor(history.kls)))
     assert history.kls[-1] > 0
+    assert min(history.exact_kls) >= 0 and history.exact_kls[-1] > 0  # logged every iteration (vocabulary 8)
     # The frozen reference did not move; the policy did.
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(value, ref_before[key])
@@ -146,9 +149,9 @@ def test_compiled_loss_and_rollout_passes_match_eager():
         runs.append(sample(policy, prompt, prompt_mask, 6, 3, 0, generator=generator, compiled_step=step))
     assert torch.equal(runs[0].response_ids, runs[1].response_ids)
     # The frozen rollout passes too.
-    response = seq[:, 2:]
-    for eager, compiled in zip(module.score_rollout(seq, torch.ones_like(seq), response),
-                               module._score_rollout(seq, torch.ones_like(seq), response)):  # fmt: skip
+    response, distributions = seq[:, 2:], torch.log_softmax(torch.randn(4, 6, 8), dim=-1)
+    for eager, compiled in zip(module.score_rollout(seq, torch.ones_like(seq), response, distributions),
+                               module._score_rollout(seq, torch.ones_like(seq), response, distributions)):  # fmt: skip
         torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
@@ -232,3 +235,22 @@ def test_shared_value_head_reads_the_final_hidden_states():
     # Position t's state predicts token t + 1: the 5 response tokens are read from positions 3..7.
     torch.testing.assert_close(logits, out.logits[:, 3:8])
     torch.testing.assert_close(values, module.value_head(out.hidden_states[-1][:, 3:8]).squeeze(-1))
+
+
+def test_rollout_logs_the_exact_kl_of_its_sampling_distributions():
+    """With a small vocabulary the per-iteration KL is also computed exactly, from the full
+    distributions the tokens were drawn from; it equals the KL of full forward passes."""
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)  # different weights: KL > 0
+    ppo = PPOConfig(max_new_tokens=6, temperature=0.8, value_model="shared")
+    module = PPOModule(ppo, policy, ref, [TokenCountReward()], None, eos_token_id=3, pad_token_id=0)
+    prompt = torch.randint(4, 8, (16, 2))
+    ro = module.rollout(prompt, torch.ones_like(prompt))
+    seq, seq_mask, mask = ro.samples.sequence_ids, ro.samples.sequence_mask, ro.samples.response_mask
+    with torch.no_grad():
+        logits, ref_logits = (response_logits(m, seq, seq_mask, mask.shape[1]) for m in (policy, ref))
+    expected = pm.kl_exact(logits, ref_logits, temperature=0.8) * mask
+    torch.testing.assert_close(ro.kl_exact, expected, atol=1e-5, rtol=1e-5)
+    assert (ro.kl_exact.sum(1) > 0).all()
