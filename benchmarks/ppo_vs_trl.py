@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Stamps(Callback):
-    def __init__(self, steps_per_iteration: int):
-        self.steps_per_iteration, self.times = steps_per_iteration, []
-        self.rollout_fraction = []
+    """The end time and rollout share of every PPO iteration (one training batch)."""
+
+    def __init__(self):
+        self.times, self.rollout_fraction = [], []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.times.append(time.perf_counter())
@@ -58,10 +59,9 @@ def ours(a) -> dict:
     prompts = torch.randint(3, a.vocab, (a.batch * a.iters, a.prompt))
     data = torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts))
     loader = torch.utils.data.DataLoader(data, batch_size=per_process)
-    steps = a.epochs * a.minibatches
-    stamps = Stamps(steps)
-    trainer = make_trainer(runtime, logger=False, max_steps=a.iters * steps, callbacks=[stamps],
-                           enable_progress_bar=False)  # fmt: skip
+    stamps = Stamps()
+    steps = a.iters * a.epochs * a.minibatches  # Lightning counts optimizer steps
+    trainer = make_trainer(runtime, logger=False, max_steps=steps, callbacks=[stamps], enable_progress_bar=False)
     trainer.fit(module, loader)
     dts = [b - c for c, b in zip(stamps.times, stamps.times[1:])]
     return {
