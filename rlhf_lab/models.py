@@ -31,6 +31,9 @@ def load_tokenizer(path: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load a tokenizer ({str(err).splitlines()[0]})") from None
+    # transformers would save this with the tokenizer. It only records whether the hub was offline
+    # at load time, so the same tokenizer would hash differently under `make repro` and `dvc repro`.
+    tokenizer.init_kwargs.pop("local_files_only", None)
     if tokenizer.eos_token_id is None:
         raise UserError(f"{path}: the tokenizer has no eos token; generation could never stop")
     if tokenizer.pad_token_id is None:  # GPT-2 and many others ship without one

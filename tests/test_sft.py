@@ -98,3 +98,19 @@ def test_encode_texts_pads_right_and_masks():
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert ids[1, 3:].tolist() == [tok.pad_token_id] * 2
     assert ids[0, 0] == tok.bos_token_id and ids[0, 4] == tok.eos_token_id
+
+
+def test_a_loaded_tokenizer_saves_the_same_bytes_online_or_offline(tmp_path, monkeypatch):
+    """`make repro` runs offline and a bare `dvc repro` may not: the stages' outputs, and so DVC's
+    hashes of everything downstream, must not depend on it."""
+    import huggingface_hub.constants
+
+    from rlhf_lab.models import load_tokenizer
+
+    train_word_tokenizer(["a b c", "b c d"]).save_pretrained(tmp_path / "source")
+    saved = {}
+    for offline in (True, False):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        load_tokenizer(tmp_path / "source").save_pretrained(tmp_path / str(offline))
+        saved[offline] = (tmp_path / str(offline) / "tokenizer_config.json").read_bytes()
+    assert saved[True] == saved[False]
