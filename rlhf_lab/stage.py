@@ -17,8 +17,12 @@ from rlhf_lab.config import Config, RuntimeConfig, TrackingConfig, UserError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
-def configure_environment() -> None:
-    """Offline and quiet by default; a user's own setting of any of these wins."""
+def set_environment_defaults() -> None:
+    """Offline and quiet by default; a user's own setting of any of these wins.
+
+    huggingface_hub and transformers read these once, when imported: this must run before any
+    import of them (``pipelines/__init__.py`` calls it first thing).
+    """
     for key, value in {
         "HF_HUB_OFFLINE": "1",  # set HF_HUB_OFFLINE=0 to let `model.name_or_path` be a hub name
         "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -29,6 +33,11 @@ def configure_environment() -> None:
         "DVC_NO_ANALYTICS": "1",
     }.items():
         os.environ.setdefault(key, value)
+
+
+def configure_environment() -> None:
+    """The environment defaults, and transformers' logging quietened."""
+    set_environment_defaults()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the stage's own output

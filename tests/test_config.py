@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,3 +120,16 @@ def test_replacing_dir_keeps_old_output_on_failure_and_merges(tmp_path):
     with replacing_dir(out) as tmp:
         (tmp / "only.txt").write_text("x")
     assert [p.name for p in out.iterdir()] == ["only.txt"]
+
+
+@pytest.mark.parametrize("user_setting, offline", [(None, True), ("0", False)])
+def test_stages_are_offline_unless_the_user_says_otherwise(user_setting, offline):
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: a stage run by a bare `dvc repro`
+    (no Makefile exports) must still be offline, and a user's own setting must win."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    if user_setting is not None:
+        env["HF_HUB_OFFLINE"] = user_setting
+    probe = "import pipelines.sft, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(offline)
