@@ -55,19 +55,19 @@ class Evaluator:
         module.policy.eval()
         generator = torch.Generator(device=device).manual_seed(self.cfg.runtime.seed + 12345)
         ids, mask = self.ids.to(device), self.mask.to(device)
+        # The exact KL compares the distributions the tokens were drawn from with the reference's.
         out = sample(module.policy, ids, mask, cfg.max_new_tokens, module.eos_token_id, module.pad_token_id,
-                     temperature=cfg.temperature, generator=generator)  # fmt: skip
+                     temperature=cfg.temperature, generator=generator, keep_distributions=True)  # fmt: skip
         seq, seq_mask, rmask = out.sequence_ids, out.sequence_mask, out.response_mask
-        R = rmask.shape[1]
-        logits = response_logits(module.policy, seq, seq_mask, R)
-        ref = response_logits(module.ref_policy, seq, seq_mask, R)
-        ref_logprobs = pm.logprobs_from_logits(ref, out.response_ids, cfg.temperature)
+        ref = response_logits(module.ref_policy, seq, seq_mask, rmask.shape[1])
+        ref_logp = pm.log_softmax_at_temperature(ref, cfg.temperature)  # (B, R, V)
+        ref_logprobs = pm.gather_tokens(ref_logp, out.response_ids)
         members = module.score(seq, seq_mask)  # (K, B)
         proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)
         per_seq = lambda x: (x * rmask).sum(1).mean().item()  # noqa: E731
         row = {
             "step": iteration,
-            "kl": per_seq(pm.kl_exact(logits, ref, cfg.temperature)),
+            "kl": per_seq(pm.kl_between(out.distributions, ref_logp)),
             "kl_k1": per_seq(pm.kl_k1(out.logprobs, ref_logprobs)),
             "kl_k3": per_seq(pm.kl_k3(out.logprobs, ref_logprobs)),
             "proxy": proxy.mean().item(),

@@ -57,11 +57,6 @@ def gather_tokens(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log π(token) under softmax(logits / temperature): (B, T, V), (B, T) -> (B, T)."""
-    return gather_tokens(log_softmax_at_temperature(logits, temperature), tokens)
-
-
 def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
     """Per-token entropy −Σ p·log p of log-distributions (B, T, V): (B, T)."""
     return -(logp.exp() * logp).sum(-1)
@@ -78,14 +73,9 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
-def kl_exact(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token Σ_v π(v) (log π(v) − log π_ref(v)) from full distributions: (B, T)."""
-    logp, ref_logp = (log_softmax_at_temperature(x, temperature) for x in (logits, ref_logits))
-    return kl_between(logp, ref_logp)
-
-
 def kl_between(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(π‖π_ref) from full log-distributions (B, T, V): (B, T)."""
+    """Per-token exact KL(π‖π_ref) = Σ_v π(v) (log π(v) − log π_ref(v)) from full log-distributions
+    (B, T, V): (B, T)."""
     return (logp.exp() * (logp - ref_logp)).sum(-1)
 
 
