@@ -54,7 +54,8 @@ def ours(a) -> dict:
     policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
     reward, value = GPT2ForSequenceClassification(ccfg), GPT2ForSequenceClassification(ccfg)
     ppo = PPOConfig(iterations=a.iters, batch_size=per_process, ppo_epochs=a.epochs, minibatches=a.minibatches,
-                    max_new_tokens=a.resp, lr=1e-4, temperature=1.0, beta=0.05, compile=a.compile)  # fmt: skip
+                    max_new_tokens=a.resp, lr=1e-4, temperature=1.0, beta=0.05, compile=a.compile,
+                    attention=a.attention)  # fmt: skip
     module = PPOModule(ppo, policy, ref, [reward], value, eos_token_id=2, pad_token_id=0)
     prompts = torch.randint(3, a.vocab, (a.batch * a.iters, a.prompt))
     data = torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts))
@@ -102,6 +103,7 @@ def main() -> None:
     p.add_argument("--strategy", default="auto", help="our side: Lightning strategy (ddp for --devices > 1)")
     p.add_argument("--threads", type=int, default=0, help="our side: torch threads per process (0: default)")
     p.add_argument("--compile", action="store_true", help="ppo.compile: torch.compile the update (warm-up untimed)")
+    p.add_argument("--attention", default="auto", help="ppo.attention for our side (auto, bmm, sdpa, eager)")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for our side (cpu, gpu)")
     p.add_argument("--precision", default="32-true", help="Lightning precision for our side (32-true, bf16-mixed)")
     a = p.parse_args()
@@ -131,6 +133,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if a.accelerator == "gpu" else "cpu",
         "precision": a.precision,
         "compile": a.compile,
+        "attention": a.attention,
     }))  # fmt: skip
 
 

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 
 from rlhf_lab import ppo_math as pm
+from rlhf_lab.attention import use_attention
 from rlhf_lab.config import PPOConfig
 from rlhf_lab.ensemble import aggregate
 from rlhf_lab.generation import Samples, next_token_logits, position_ids, sample
@@ -249,6 +250,12 @@ class PPOModule(pl.LightningModule):
         return {key: value / n for key, value in totals.items()}
 
     # ---------------------------------------------------------------- Lightning hooks
+    def on_fit_start(self):
+        # Here rather than in __init__: "auto" depends on the device the models were moved to.
+        models = [self.policy, self.ref_policy, *self.reward_models]
+        use_attention(models + ([self.value_model] if self.value_model is not None else []), self.cfg.attention,
+                      self.device)  # fmt: skip
+
     def training_step(self, batch, batch_idx):
         prompt_ids, prompt_mask = batch
         iteration = iteration_of(self)
