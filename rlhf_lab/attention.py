@@ -16,6 +16,8 @@ import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
+from rlhf_lab.config import UserError
+
 BMM = "bmm"
 
 
@@ -84,4 +86,7 @@ def use_attention(models, choice: str, device: torch.device) -> None:
     name = resolve_attention(choice, device)
     for model in models:
         if name is not None and isinstance(model, PreTrainedModel):
-            model.set_attn_implementation(name)
+            try:
+                model.set_attn_implementation(name)
+            except (ImportError, ValueError) as err:  # a kernel not installed, or one the model lacks
+                raise UserError(f"attention {name!r} cannot run {type(model).__name__}: {err}") from None

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from rlhf_lab.attention import bmm_attention, resolve_attention
-from rlhf_lab.config import PPOConfig, RuntimeConfig
+from rlhf_lab.attention import bmm_attention, resolve_attention, use_attention
+from rlhf_lab.config import PPOConfig, RuntimeConfig, UserError
 from rlhf_lab.generation import next_token_logits, position_ids, sample
 from rlhf_lab.ppo import PPOModule
 from rlhf_lab.stage import make_trainer
@@ -83,6 +83,11 @@ def test_auto_means_bmm_on_cpu_only():
     assert resolve_attention("auto", torch.device("cpu")) == "bmm"
     assert resolve_attention("auto", torch.device("cuda")) is None  # the model's own fused kernel
     assert resolve_attention("sdpa", torch.device("cpu")) == "sdpa"
+
+
+def test_an_attention_that_cannot_run_is_a_clear_error():
+    with pytest.raises(UserError, match="attention 'flash_attention_2' cannot run GPT2LMHeadModel"):
+        use_attention([gpt2()], "flash_attention_2", torch.device("cpu"))  # flash-attn is not installed
 
 
 @pytest.mark.parametrize("choice, expected", [("auto", "bmm"), ("sdpa", "sdpa")])
