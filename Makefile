@@ -27,9 +27,11 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# PPO speed vs TRL 0.29.1 (TRL in its own environment, .venv-trl); prints JSON last.
+# PPO speed vs TRL 0.29.1 (TRL in its own environment, .venv-trl): our loop as it runs by default
+# (eager), then with ppo.compile (the same work, fused kernels); each run prints its JSON last.
 bench: $(STAMP) .venv-trl/.installed
 	$(PY) benchmarks/ppo_vs_trl.py
+	$(PY) benchmarks/ppo_vs_trl.py --compile
 
 .venv-trl/.installed:
 	test -x .venv-trl/bin/python || python3 -m venv .venv-trl
