@@ -4,7 +4,13 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from rlhf_lab.attention import bmm_attention, resolve_attention, use_attention
 from rlhf_lab.config import PPOConfig, RuntimeConfig, UserError
@@ -73,8 +79,9 @@ def test_bmm_attention_samples_what_the_fused_kernel_samples(static_cache):
     runs = []
     for model in (fused, bmm):
         generator = torch.Generator().manual_seed(3)
-        runs.append(sample(model, ids, (ids != 0).long(), 10, eos_token_id=3, pad_token_id=0, generator=generator,
-                           compiled_step=next_token_logits if static_cache else None))  # fmt: skip
+        step = next_token_logits if static_cache else None
+        runs.append(sample(model, ids, (ids != 0).long(), 10, eos_token_id=3, pad_token_id=0,
+                           generator=generator, compiled_step=step))  # fmt: skip
     assert torch.equal(runs[0].response_ids, runs[1].response_ids)
     torch.testing.assert_close(runs[1].logprobs, runs[0].logprobs, atol=1e-5, rtol=1e-5)
 
@@ -98,7 +105,8 @@ def test_ppo_switches_its_four_models_to_the_chosen_attention(choice, expected):
     policy, ref = GPT2LMHeadModel(GPT2Config(**lm)), GPT2LMHeadModel(GPT2Config(**lm))
     reward = GPT2ForSequenceClassification(GPT2Config(**lm, num_labels=1))
     value = GPT2ForSequenceClassification(GPT2Config(**lm, num_labels=1))
-    cfg = PPOConfig(iterations=1, batch_size=4, ppo_epochs=1, minibatches=1, max_new_tokens=3, attention=choice)
+    cfg = PPOConfig(iterations=1, batch_size=4, ppo_epochs=1, minibatches=1, max_new_tokens=3,
+                    attention=choice)  # fmt: skip
     module = PPOModule(cfg, policy, ref, [reward], value, eos_token_id=3, pad_token_id=0)
     prompts = torch.full((4, 2), 2)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(prompts, torch.ones_like(prompts)),
