@@ -30,7 +30,7 @@ from rlhf_lab.generation import decode_responses, left_pad, sample
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.preference import spearman
 from rlhf_lab.reward_model import load_frozen_reward, member_paths
-from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration, response_logits
+from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
 from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
 from rlhf_lab.task import gold_reward
 
@@ -59,15 +59,13 @@ class Evaluator:
         out = sample(module.policy, ids, mask, cfg.max_new_tokens, module.eos_token_id, module.pad_token_id,
                      temperature=cfg.temperature, generator=generator, keep_distributions=True)  # fmt: skip
         seq, seq_mask, rmask = out.sequence_ids, out.sequence_mask, out.response_mask
-        ref = response_logits(module.ref_policy, seq, seq_mask, rmask.shape[1])
-        ref_logp = pm.log_softmax_at_temperature(ref, cfg.temperature)  # (B, R, V)
-        ref_logprobs = pm.gather_tokens(ref_logp, out.response_ids)
+        ref_logprobs, kl_exact = module.reference_logprobs(seq, seq_mask, out.response_ids, out.distributions)
         members = module.score(seq, seq_mask)  # (K, B)
         proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)
         per_seq = lambda x: (x * rmask).sum(1).mean().item()  # noqa: E731
         row = {
             "step": iteration,
-            "kl": per_seq(pm.kl_between(out.distributions, ref_logp)),
+            "kl": per_seq(kl_exact),
             "kl_k1": per_seq(pm.kl_k1(out.logprobs, ref_logprobs)),
             "kl_k3": per_seq(pm.kl_k3(out.logprobs, ref_logprobs)),
             "proxy": proxy.mean().item(),

@@ -84,8 +84,10 @@ def use_attention(models, choice: str, device: torch.device) -> None:
     from transformers import PreTrainedModel
 
     name = resolve_attention(choice, device)
+    if name is None:
+        return
     for model in models:
-        if name is not None and isinstance(model, PreTrainedModel):
+        if isinstance(model, PreTrainedModel):
             try:
                 model.set_attn_implementation(name)
             except (ImportError, ValueError) as err:  # a kernel not installed, or one the model lacks

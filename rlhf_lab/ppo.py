@@ -106,7 +106,7 @@ class PPOModule(pl.LightningModule):
             # The head reads the policy's final hidden states as its LM head does: whatever the model,
             # and without output_hidden_states, which transformers 5 loses in an unpickled model (ddp_spawn).
             policy.get_output_embeddings().register_forward_hook(self._keep_lm_head_input)
-        for model in (policy, ref_policy, *reward_models, *([value_model] if value_model else [])):
+        for model in self.models():
             disable_dropout(model)
             fuse_tanh_gelu(model)
         for frozen in (ref_policy, *reward_models):
@@ -122,6 +122,11 @@ class PPOModule(pl.LightningModule):
         self.evaluate_fn = evaluate
         self.history: list[dict] = []  # evaluation rows; saved in checkpoints
         self.samples_history: list[dict] = []
+
+    def models(self) -> list[torch.nn.Module]:
+        """The policy, the reference, the reward members and the value model when it is separate."""
+        value = [self.value_model] if self.value_model is not None else []
+        return [self.policy, self.ref_policy, *self.reward_models, *value]
 
     # ---------------------------------------------------------------- forward helpers
     def _keep_lm_head_input(self, _module, args, _output) -> None:
@@ -187,12 +192,20 @@ class PPOModule(pl.LightningModule):
         """The frozen passes over the sampled sequences: reference log-probs (B, R), values (B, R),
         every reward member's normalised score (K, B), and with the policy's sampling
         ``distributions`` (B, R, V) the exact per-token KL to the reference (B, R), else None."""
-        P, R = seq.shape[1] - response_ids.shape[1], response_ids.shape[1]
-        ref_logits = response_logits(self.ref_policy, seq, seq_mask, R)
+        ref_logprobs, kl_exact = self.reference_logprobs(seq, seq_mask, response_ids, distributions)
+        P = seq.shape[1] - response_ids.shape[1]
+        _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
+        return ref_logprobs, values, self.score(seq, seq_mask), kl_exact
+
+    @torch.no_grad()
+    def reference_logprobs(self, seq: torch.Tensor, seq_mask: torch.Tensor, response_ids: torch.Tensor,
+                           distributions: torch.Tensor | None = None):  # fmt: skip
+        """The reference's tempered log-probs of the response tokens (B, R) and, given the policy's
+        sampling log-``distributions`` (B, R, V), the exact per-token KL to the reference (B, R)."""
+        ref_logits = response_logits(self.ref_policy, seq, seq_mask, response_ids.shape[1])
         ref_logp = pm.log_softmax_at_temperature(ref_logits, self.cfg.temperature)  # (B, R, V)
         kl_exact = None if distributions is None else pm.kl_between(distributions, ref_logp)
-        _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
-        return pm.gather_tokens(ref_logp, response_ids), values, self.score(seq, seq_mask), kl_exact
+        return pm.gather_tokens(ref_logp, response_ids), kl_exact
 
     # ---------------------------------------------------------------- 5: optimisation
     def minibatch_losses(self, seq, seq_mask, P: int, response_ids, old_logprobs, advantages, mask, old_values,
@@ -252,9 +265,7 @@ class PPOModule(pl.LightningModule):
     # ---------------------------------------------------------------- Lightning hooks
     def on_fit_start(self):
         # Here rather than in __init__: "auto" depends on the device the models were moved to.
-        models = [self.policy, self.ref_policy, *self.reward_models]
-        use_attention(models + ([self.value_model] if self.value_model is not None else []), self.cfg.attention,
-                      self.device)  # fmt: skip
+        use_attention(self.models(), self.cfg.attention, self.device)
 
     def training_step(self, batch, batch_idx):
         prompt_ids, prompt_mask = batch

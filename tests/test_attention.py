@@ -19,10 +19,9 @@ from rlhf_lab.ppo import PPOModule
 from rlhf_lab.stage import make_trainer
 
 
-def gpt2(**overrides):
+def gpt2():
     cfg = GPT2Config(vocab_size=20, n_positions=32, n_embd=16, n_layer=2, n_head=4, bos_token_id=2,
-                     eos_token_id=3, pad_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
-                     **overrides)  # fmt: skip
+                     eos_token_id=3, pad_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)  # fmt: skip
     return GPT2LMHeadModel(cfg)
 
 
@@ -113,7 +112,6 @@ def test_ppo_switches_its_four_models_to_the_chosen_attention(choice, expected):
                                          batch_size=4)  # fmt: skip
     make_trainer(RuntimeConfig(), logger=False, max_steps=1, enable_progress_bar=False).fit(module, loader)
     assert [m.config._attn_implementation for m in (policy, ref, reward, value)] == [expected] * 4
-
 
 
 def test_bmm_attention_continues_a_cached_prefix_with_several_queries():
