@@ -1,11 +1,13 @@
 """Best-of-n stage: gold and proxy of the proxy-best of n SFT samples, against KL_bon.
 
 For each held-out prompt, N samples from the SFT policy are scored by gold and every reward
-member; unbiased estimators over all N give E[gold], E[proxy] of best-of-n for n = 1, 2, 4 … max_n,
-for each reward objective (single, mean, wco, uwo) and for the gold oracle itself.
+member of every reward condition's ensemble; unbiased estimators over all N give E[gold], E[proxy]
+of best-of-n for n = 1, 2, 4 … max_n, for each condition and reward objective (single, mean, wco,
+uwo) and for the gold oracle itself, with a percentile-bootstrap interval over prompts for gold.
 
-Outputs (``paths.best_of_n``): ``bon.csv`` (one row per n and objective: n, objective, kl_bound,
-kl_exact, gold, proxy), ``metrics.json``, ``config.yaml``.
+Outputs (``paths.best_of_n``): ``bon.csv`` (one row per condition, n and objective: condition, n,
+objective, kl_bound, kl_exact, gold, gold_ci_low, gold_ci_high, prompts, proxy), ``metrics.json``,
+``config.yaml``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rlhf_lab.generation import decode_responses, left_pad, sample
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.reward_model import last_token_scores, load_frozen_reward, member_paths, normalised
 from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
+from rlhf_lab.stats import bootstrap_mean_interval
 from rlhf_lab.task import gold_reward
 
 
@@ -34,11 +37,13 @@ def powers_of_two(max_n: int) -> list[int]:
 
 @torch.no_grad()
 def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
-    """(gold (P, N), member rewards (K, P, N)) for N samples of each prompt."""
+    """(gold (P, N), {condition: member rewards (K, P, N)}) for N samples of each prompt, scored by
+    the ensemble of every reward condition."""
     N = cfg.best_of_n.samples_per_prompt
     tokenizer = load_tokenizer(cfg.paths.sft)
     policy = load_causal_lm(cfg.paths.sft).eval()
-    members = [load_frozen_reward(p) for p in member_paths(cfg)]
+    conditions = list(cfg.reward_conditions)
+    members = {c: [load_frozen_reward(p) for p in member_paths(cfg.for_condition(c))] for c in conditions}
     gold = gold_reward(cfg)
     flat = [p for p in prompts for _ in range(N)]
     generator = torch.Generator().manual_seed(cfg.runtime.seed + 777)
@@ -51,9 +56,32 @@ def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
         texts = [f"{p} {r}" for p, r in zip(chunk, decode_responses(tokenizer, out))]
         golds.append(gold(texts, out.ended.tolist()))
         seq, seq_mask = out.sequence_ids, out.sequence_mask
-        rewards.append(torch.stack([normalised(m, last_token_scores(m, seq, seq_mask)) for m in members]))
+        rewards.append({c: torch.stack([normalised(m, last_token_scores(m, seq, seq_mask)) for m in ms])
+                        for c, ms in members.items()})  # fmt: skip
     P = len(prompts)
-    return np.concatenate(golds).reshape(P, N), torch.cat(rewards, dim=1).reshape(len(members), P, N)
+    scores = {c: torch.cat([r[c] for r in rewards], dim=1).reshape(len(members[c]), P, N) for c in conditions}
+    return np.concatenate(golds).reshape(P, N), scores
+
+
+def condition_rows(condition: str, gold: np.ndarray, members: torch.Tensor, b, seed: int) -> list[dict]:
+    """bon.csv rows of one reward condition: each n and objective (and the gold oracle), with a
+    95 % percentile-bootstrap interval over prompts for gold."""
+    proxies = {obj: aggregate(members, obj, b.uwo_lambda).numpy() for obj in OBJECTIVES}  # (P, N) each
+    proxies["oracle"] = gold  # best-of-n by gold itself: the ceiling
+    P = gold.shape[0]
+    rows = []
+    for n in powers_of_two(b.max_n):
+        kl_exact = float(np.mean([kl_best_of_n_exact(proxies["single"][i], n) for i in range(P)]))
+        for name, proxy in proxies.items():
+            per_prompt = [expected_best_of_n(proxy[i], gold[i], n) for i in range(P)]
+            gold_ci = bootstrap_mean_interval(per_prompt, seed=seed)
+            rows.append({
+                "condition": condition, "n": n, "objective": name, "kl_bound": kl_best_of_n_bound(n),
+                "kl_exact": kl_exact, "gold": gold_ci.mean, "gold_ci_low": gold_ci.ci_low,
+                "gold_ci_high": gold_ci.ci_high, "prompts": P,
+                "proxy": float(np.mean([expected_best_of_n(proxy[i], proxy[i], n) for i in range(P)])),
+            })  # fmt: skip
+    return rows
 
 
 def run(cfg: Config) -> dict:
@@ -62,26 +90,19 @@ def run(cfg: Config) -> dict:
     apply_runtime(cfg.runtime)
     b = cfg.best_of_n
     prompts = read_texts(Path(cfg.paths.data) / "prompts_eval.jsonl", "prompt")[: b.prompts]
-    gold, members = sample_and_score(cfg, prompts)
-    proxies = {obj: aggregate(members, obj, b.uwo_lambda).numpy() for obj in OBJECTIVES}  # (P, N) each
-    proxies["oracle"] = gold  # best-of-n by gold itself: the ceiling
-    rows = []
-    for n in powers_of_two(b.max_n):
-        kl_exact = float(np.mean([kl_best_of_n_exact(proxies["single"][i], n) for i in range(len(prompts))]))
-        for name, proxy in proxies.items():
-            rows.append({
-                "n": n, "objective": name, "kl_bound": kl_best_of_n_bound(n), "kl_exact": kl_exact,
-                "gold": float(np.mean([expected_best_of_n(proxy[i], gold[i], n) for i in range(len(prompts))])),
-                "proxy": float(np.mean([expected_best_of_n(proxy[i], proxy[i], n) for i in range(len(prompts))])),
-            })  # fmt: skip
-    frame = pd.DataFrame(rows)
-    top = frame[frame["n"] == frame["n"].max()].set_index("objective")
+    gold, scores = sample_and_score(cfg, prompts)
+    frame = pd.DataFrame([row for condition, members in scores.items()
+                          for row in condition_rows(condition, gold, members, b, cfg.runtime.seed)])  # fmt: skip
+    first = frame[frame["condition"] == next(iter(scores))]
+    top = first[first["n"] == first["n"].max()].set_index("objective")
     metrics = {
-        "bon/gold_n1": float(frame[(frame["n"] == 1) & (frame["objective"] == "single")]["gold"].iloc[0]),
+        "bon/gold_n1": float(first[(first["n"] == 1) & (first["objective"] == "single")]["gold"].iloc[0]),
         **{f"bon/gold_max_n.{obj}": float(top.loc[obj, "gold"]) for obj in top.index},
+        **{f"bon.{c}.{obj}.gold_max_n": float(row["gold"]) for (c, obj), row in
+           frame[frame["n"] == frame["n"].max()].set_index(["condition", "objective"]).iterrows()},
         "bon/kl_exact_max_n": float(top["kl_exact"].iloc[0]),
         "bon/kl_bound_max_n": float(top["kl_bound"].iloc[0]),
-        "bon/distinct_fraction": float(np.mean([len(np.unique(g)) / g.size for g in proxies["single"]])),
+        "bon/distinct_fraction": float(np.mean([len(np.unique(g)) / g.size for g in scores[next(iter(scores))][0].numpy()])),
     }
     with replacing_dir(cfg.paths.best_of_n) as out:
         frame.to_csv(out / "bon.csv", index=False)

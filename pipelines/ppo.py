@@ -2,12 +2,14 @@
 
 ``python -m pipelines.ppo [--run-name NAME]``: NAME picks an entry of ``ppo_runs`` in params.yaml (its keys
 override the ``ppo`` section); without it the ``ppo`` section runs as it is, named ``ppo.run_name``.
+The setting runs once per seed of ``ppo.seeds``, the seeds side by side (rlhf_lab/parallel.py).
 
-Outputs (``paths.ppo``/NAME): ``policy/`` (save_pretrained), ``eval_history.csv`` (step, kl, gold,
-proxy, proxy_<k>, ...), ``samples.jsonl`` (a few texts per evaluation), ``final_samples.jsonl`` (every
-held-out prompt's sample at the end), ``metrics.json`` (gold_peak, gold_final, proxy_final,
-kl_final), ``config.yaml``, ``mlflow_run_id``. A killed run resumes from
-``paths.ppo``/.checkpoints/NAME when rerun with the same config.
+Outputs (``paths.ppo``/NAME/seeds/seed_<s>, one folder per seed): ``policy/`` (save_pretrained),
+``eval_history.csv`` (step, kl, gold, proxy, proxy_<k>, ...), ``samples.jsonl`` (a few texts per
+evaluation), ``final_samples.jsonl`` (every held-out prompt's sample at the end, with every member's
+score), ``metrics.json`` (gold_peak, gold_final, proxy_final, kl_final), ``config.yaml``,
+``mlflow_run_id``; beside them (``paths.ppo``/NAME) the seeds' summary: see :func:`run`. A killed
+run resumes from ``paths.ppo``/.checkpoints/NAME/seed_<s> when rerun with the same config.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
+from rlhf_lab import parallel
 from rlhf_lab import ppo_math as pm
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.data import read_texts, write_json, write_jsonl
@@ -32,6 +35,7 @@ from rlhf_lab.preference import spearman
 from rlhf_lab.reward_model import load_frozen_reward, member_paths
 from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
 from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
+from rlhf_lab.stats import t_interval
 from rlhf_lab.task import gold_reward
 
 
@@ -84,11 +88,12 @@ class Evaluator:
             # Does the proxy still rank like gold on the policy's own samples?
             row["proxy_gold_spearman"] = spearman(members[0].cpu().numpy(), gold)
         module.history.append(row)
+        # Every member's score too: is a hack shared by all members, or only by some (report §2)?
         self.last_rows = [
             {"prompt": p, "response": r, "ended": bool(e), "proxy": round(float(x), 4),
-             **({"gold": round(float(g), 4)} if gold is not None else {})}
-            for p, r, e, x, g in zip(self.prompts, responses, out.ended.tolist(), proxy.tolist(),
-                                     gold if gold is not None else [None] * len(texts))
+             "members": [round(v, 4) for v in m], **({"gold": round(float(g), 4)} if gold is not None else {})}
+            for p, r, e, x, m, g in zip(self.prompts, responses, out.ended.tolist(), proxy.tolist(),
+                                        members.T.tolist(), gold if gold is not None else [None] * len(texts))
         ]  # fmt: skip
         for i in range(min(cfg.eval_texts, len(texts))):
             module.samples_history.append({
@@ -135,32 +140,35 @@ def summary(history: list[dict]) -> dict:
     return metrics
 
 
-def run(cfg: Config, run_name: str | None = None, callbacks: list | None = None, tags: dict | None = None) -> dict:
-    if run_name is not None:
-        cfg = cfg.ppo_run(run_name)
-    name = cfg.ppo.run_name
-    apply_runtime(cfg.runtime, seed_offset=cfg.ppo.seed)
+def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | None = None) -> dict:
+    """One PPO run of ``cfg`` (its ``ppo.seed``), written into the folder ``out``; returns its metrics.
+
+    Checkpoints live in ``paths.ppo``/.checkpoints/<run_name>/seed_<seed>: a killed run resumes there.
+    """
+    name, seed = cfg.ppo.run_name, cfg.ppo.seed
+    apply_runtime(cfg.runtime, seed_offset=seed)
     tokenizer = load_tokenizer(cfg.paths.sft)
     data = Path(cfg.paths.data)
-    train = prompt_loader(tokenizer, read_texts(data / "prompts_train.jsonl", "prompt"), cfg.ppo.batch_size,
-                          cfg.runtime.seed + cfg.ppo.seed)  # fmt: skip
-    if len(train) == 0:
+    train_loader = prompt_loader(tokenizer, read_texts(data / "prompts_train.jsonl", "prompt"), cfg.ppo.batch_size,
+                                 cfg.runtime.seed + seed)  # fmt: skip
+    if len(train_loader) == 0:
         raise UserError(f"ppo.batch_size: {cfg.ppo.batch_size} is larger than the number of training prompts")
     eval_prompts = read_texts(data / "prompts_eval.jsonl", "prompt")
 
-    logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}", tags={"ppo_run": name, **(tags or {})})
+    run_tags = {"ppo_run": name, "seed": str(seed), "reward_condition": Path(cfg.paths.reward).name, **(tags or {})}
+    logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}-seed{seed}", tags=run_tags)
     evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger)
     module = build_module(cfg, tokenizer, evaluator)
 
     # Resume only a checkpoint written under exactly this config.
-    ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name
+    ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name / f"seed_{seed}"
     resolved = ckpt_dir / "config.yaml"
-    config_lib_text = _config_text(cfg)
+    config_text = _config_text(cfg)
     resume = ckpt_dir / "last.ckpt"
-    if not (resume.is_file() and resolved.is_file() and resolved.read_text() == config_lib_text):
+    if not (resume.is_file() and resolved.is_file() and resolved.read_text() == config_text):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         ckpt_dir.mkdir(parents=True)
-        resolved.write_text(config_lib_text)
+        resolved.write_text(config_text)
     steps = optimizer_steps_per_iteration(cfg.ppo)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=cfg.ppo.checkpoint_every * steps,
                                  enable_version_counter=False, save_top_k=1)  # fmt: skip
@@ -168,24 +176,61 @@ def run(cfg: Config, run_name: str | None = None, callbacks: list | None = None,
         cfg.runtime, logger, max_steps=cfg.ppo.iterations * steps, max_epochs=-1,
         log_every_n_steps=steps, enable_checkpointing=True, callbacks=[checkpoint, *(callbacks or [])],
     )  # fmt: skip
-    trainer.fit(module, train, ckpt_path=str(resume) if resume.is_file() else None)
+    trainer.fit(module, train_loader, ckpt_path=str(resume) if resume.is_file() else None)
     evaluator(module, cfg.ppo.iterations)  # the final evaluation
     metrics = summary(module.history)
     if not trainer.is_global_zero:
         return metrics
-    with replacing_dir(Path(cfg.paths.ppo) / name) as out:
-        module.policy.save_pretrained(out / "policy")
-        tokenizer.save_pretrained(out / "policy")
-        pd.DataFrame(module.history).to_csv(out / "eval_history.csv", index=False)
-        write_jsonl(out / "samples.jsonl", module.samples_history)
-        write_jsonl(out / "final_samples.jsonl", evaluator.last_rows)
-        write_json(out / "metrics.json", metrics)
-        config_lib.save(cfg, out / "config.yaml")
-        (out / "mlflow_run_id").write_text(logger.run_id + "\n")
-        for artifact in ("eval_history.csv", "samples.jsonl", "metrics.json", "config.yaml"):
-            logger.experiment.log_artifact(logger.run_id, str(out / artifact))
+    out.mkdir(parents=True, exist_ok=True)
+    module.policy.save_pretrained(out / "policy")
+    tokenizer.save_pretrained(out / "policy")
+    pd.DataFrame(module.history).to_csv(out / "eval_history.csv", index=False)
+    write_jsonl(out / "samples.jsonl", module.samples_history)
+    write_jsonl(out / "final_samples.jsonl", evaluator.last_rows)
+    write_json(out / "metrics.json", metrics)
+    config_lib.save(cfg, out / "config.yaml")
+    (out / "mlflow_run_id").write_text(logger.run_id + "\n")
+    for artifact in ("eval_history.csv", "samples.jsonl", "metrics.json", "config.yaml"):
+        logger.experiment.log_artifact(logger.run_id, str(out / artifact))
     logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return metrics
+
+
+def train_job(job: tuple[Config, Path]) -> dict:
+    """:func:`train` as a worker job: (config, output folder)."""
+    return train(*job)
+
+
+def seed_summary(per_seed: dict[int, dict]) -> dict:
+    """Each metric over the seeds: mean with its 95 % Student t interval and n, plus every seed's value."""
+    names = sorted({k for m in per_seed.values() for k, v in m.items() if isinstance(v, (int, float))})
+    metrics = {name: t_interval([m[name] for m in per_seed.values() if name in m]).to_dict() for name in names}
+    metrics["seeds"] = {str(seed): m for seed, m in sorted(per_seed.items())}
+    return metrics
+
+
+def run(cfg: Config, run_name: str | None = None) -> dict:
+    """The PPO stage: one setting (``ppo_runs`` entry) under every seed of ``ppo.seeds``, side by side.
+
+    Writes ``paths.ppo``/NAME: ``seeds/seed_<s>/`` (each run's outputs), ``eval_history.csv`` (all
+    seeds, with a ``seed`` column), ``metrics.json`` (mean, 95 % CI and n of each metric over the
+    seeds, and each seed's), ``config.yaml``.
+    """
+    if run_name is not None:
+        cfg = cfg.ppo_run(run_name)
+    cfg = cfg.for_condition()
+    name, seeds = cfg.ppo.run_name, cfg.ppo.seeds
+    workers = parallel.plan(cfg.runtime, len(seeds))
+    runtime = {"threads": workers.threads}
+    with replacing_dir(Path(cfg.paths.ppo) / name) as out:
+        jobs = [(cfg.replace(ppo={"seed": s}, runtime=runtime), out / "seeds" / f"seed_{s}") for s in seeds]
+        per_seed = dict(zip(seeds, parallel.run_side_by_side(train_job, jobs, workers)))
+        histories = [pd.read_csv(out / "seeds" / f"seed_{s}" / "eval_history.csv").assign(seed=s) for s in seeds]
+        pd.concat(histories, ignore_index=True).to_csv(out / "eval_history.csv", index=False)
+        metrics = seed_summary(per_seed)
+        write_json(out / "metrics.json", metrics)
+        config_lib.save(cfg, out / "config.yaml")
     return metrics
 
 

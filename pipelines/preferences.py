@@ -1,6 +1,10 @@
 """Preference stage: pairs of SFT-policy responses labelled from the gold reward.
 
-Outputs (``paths.preferences``), JSONL in the prompt/chosen/rejected convention of TRL and Hugging
+``python -m pipelines.preferences [--condition NAME]``: one reward condition of ``reward_conditions``
+(its overrides, e.g. label noise; default the first). Every condition draws its pairs with the same
+seeds.
+
+Outputs (``paths.preferences``/NAME), JSONL in the prompt/chosen/rejected convention of TRL and Hugging
 Face preference datasets, gold scores alongside:
 ``train.jsonl`` (noisy labels as configured), ``eval.jsonl`` (noise-free gold labels),
 ``sft_samples.jsonl`` (fresh single samples with gold), ``stats.json``, ``config.yaml``.
@@ -68,7 +72,9 @@ def make_pairs(cfg, model, tokenizer, gold, prompts, n, temperature, flip_fracti
     return rows[:n]
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, condition: str | None = None) -> dict:
+    """The preference stage for one reward condition (``reward_conditions``; default the first)."""
+    cfg = cfg.for_condition(condition)
     gold = gold_reward(cfg)
     if gold is None:
         raise ConfigError(
@@ -113,7 +119,7 @@ def run(cfg: Config) -> dict:
 
 
 def main() -> None:
-    stage_main(run, __doc__.splitlines()[0])
+    stage_main(run, __doc__.splitlines()[0], options={"--condition": "a reward condition from params.yaml's reward_conditions"})
 
 
 if __name__ == "__main__":

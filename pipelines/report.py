@@ -17,34 +17,145 @@ import numpy as np
 import pandas as pd
 
 from rlhf_lab import config as config_lib
-from rlhf_lab.analysis import distinct_n, fit_gao, gao_bon, gao_rl
+from rlhf_lab.analysis import distinct_n, fit_gao, fit_gao_over_seeds, gao_bon, gao_rl, value_at_kl
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.data import read_jsonl, write_json
 from rlhf_lab.stage import replacing_dir, stage_main
+from rlhf_lab.stats import Difference, Interval, t_interval, welch_difference
 
 OBJECTIVE_NAMES = {"single": "single RM", "mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted"}
 
 
 # ------------------------------------------------------------------------------------------ loading
 def load_runs(ppo_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per run: name, beta, objective, seed, adaptive, metrics...; eval history of all runs)."""
+    """(one row per PPO run: setting, condition, beta, objective, adaptive, seed, metrics…; the eval
+    history of every run). A setting is one ``ppo_runs`` entry; it has one run per seed."""
     runs, histories = [], []
-    for path in sorted(p for p in ppo_dir.iterdir() if (p / "eval_history.csv").is_file()):
-        cfg = config_lib.load(path / "config.yaml").ppo
-        setting = "adaptive KL" if cfg.adaptive_kl else f"{cfg.reward_objective} β={cfg.beta:g}"
-        meta = {"run": path.name, "beta": cfg.beta, "objective": cfg.reward_objective, "seed": cfg.seed,
-                "adaptive": cfg.adaptive_kl, "setting": setting}  # fmt: skip
+    seed_dirs = sorted(ppo_dir.glob("*/seeds/seed_*"), key=lambda p: (p.parts[-3], int(p.name.split("_")[1])))
+    for path in (p for p in seed_dirs if (p / "eval_history.csv").is_file()):
+        cfg = config_lib.load(path / "config.yaml")
+        meta = {"setting": path.parts[-3], "condition": Path(cfg.paths.reward).name, "beta": cfg.ppo.beta,
+                "objective": cfg.ppo.reward_objective, "adaptive": cfg.ppo.adaptive_kl, "seed": cfg.ppo.seed}  # fmt: skip
+        meta["run"] = f"{meta['setting']}/seed_{meta['seed']}"
         metrics = json.loads((path / "metrics.json").read_text())
         final = read_jsonl(path / "final_samples.jsonl")
         texts = [r["response"] for r in final]
-        runs.append({**meta, **metrics, "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)})
+        runs.append({**meta, **metrics, "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+                     "path": str(path)})  # fmt: skip
         history = pd.read_csv(path / "eval_history.csv").assign(**meta)
         history["d"] = np.sqrt(history["kl"].clip(lower=0))
         history["gold_gain"] = history["gold"] - history["gold"].iloc[0]
         histories.append(history)
     if not runs:
         raise UserError(f"{ppo_dir}: no PPO runs to report (run the ppo stages first)")
-    return pd.DataFrame(runs), pd.concat(histories, ignore_index=True)
+    runs = pd.DataFrame(runs)
+    runs["gold_drop"] = runs["gold_peak"] - runs["gold_final"]
+    return runs, pd.concat(histories, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def seed_band(hist: pd.DataFrame, y: str, x: str = "d") -> pd.DataFrame:
+    """Per setting and shared evaluation step: mean x, and mean y with its 95 % t interval over seeds."""
+    rows = []
+    for (setting, step), group in hist.groupby(["setting", "step"], sort=True):
+        band = t_interval(group[y])
+        rows.append({"setting": setting, "step": step, x: group[x].mean(), y: band.mean, "low": band.ci_low,
+                     "high": band.ci_high, "n": band.n})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def matched_kl(runs: pd.DataFrame, requested: float | None) -> float:
+    """The KL at which ensemble objectives are compared: the param, else the median KL of the runs' gold peaks."""
+    return float(requested) if requested is not None else float(runs["gold_peak_kl"].median())
+
+
+def ensemble_comparison(runs: pd.DataFrame, hist: pd.DataFrame, requested_kl: float | None) -> pd.DataFrame:
+    """β = 0 runs, per condition and objective: gold drop and gold at a matched KL (mean, 95 % CI, n),
+    each against the single reward model of the same condition (Welch difference, permutation p)."""
+    zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]].copy()
+    rows = []
+    for condition, group in zero.groupby("condition", sort=False):
+        target = matched_kl(group, requested_kl)
+        group = group.assign(gold_at_kl=[
+            value_at_kl(h["kl"], h["gold"], target) for h in (hist[hist["run"] == run] for run in group["run"])])
+        single = group[group["objective"] == "single"]
+        for objective in OBJECTIVE_NAMES:
+            mine = group[group["objective"] == objective]
+            if mine.empty:
+                continue
+            row = {"condition": condition, "objective": objective, "matched_kl": target}
+            row["gold_final"] = t_interval(mine["gold_final"])
+            for column in ("gold_drop", "gold_at_kl"):
+                row[column] = t_interval(mine[column])
+                if objective != "single" and not single.empty:
+                    row[f"{column}_vs_single"] = welch_difference(mine[column], single[column])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """One sentence per ensemble objective and condition: which differences the data support."""
+    lines = []
+    for _, row in comparison[comparison["objective"] != "single"].iterrows():
+        for column, what in (("gold_drop", "gold drop"), (f"gold_at_kl", f"gold at KL {row['matched_kl']:.1f}")):
+            diff = row.get(f"{column}_vs_single")
+            if not isinstance(diff, Difference):
+                continue
+            supported = np.isfinite(diff.p) and diff.p < alpha
+            direction = "higher" if diff.diff > 0 else "lower"
+            lines.append(
+                f"{row['condition']}, {OBJECTIVE_NAMES[row['objective']]}: {what} {direction} than the single RM by "
+                f"{abs(diff.diff):.3f} [95 % CI {diff.ci_low:.3f}, {diff.ci_high:.3f}], Welch p = {diff.p:.3f}: "
+                + ("<b>supported</b> at the 5 % level." if supported else "<b>not supported</b> at the 5 % level.")
+            )
+    return lines
+
+
+def member_agreement(runs: pd.DataFrame) -> pd.DataFrame:
+    """Why ensembles may not help: on the β = 0 policies' final samples, the mean correlation between
+    members' scores, and the share of gold-losing samples (gold < 0) that every member rates above
+    the SFT average (normalised reward > 0): a hack all members share, which no aggregate can see."""
+    rows = []
+    zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]]
+    for (condition, objective), group in zero.groupby(["condition", "objective"], sort=False):
+        samples = [row for path in group["path"] for row in read_jsonl(Path(path) / "final_samples.jsonl")]
+        members = np.array([row["members"] for row in samples])  # (samples, K)
+        gold = np.array([row["gold"] for row in samples])
+        if members.shape[1] < 2:
+            continue
+        corr = np.corrcoef(members.T)
+        bad = gold < 0
+        rows.append({
+            "condition": condition, "objective": OBJECTIVE_NAMES[objective], "samples": len(samples),
+            "member correlation": float(corr[np.triu_indices_from(corr, 1)].mean()),
+            "gold < 0": float(bad.mean()),
+            "of those, all members > 0": float((members[bad] > 0).all(axis=1).mean()) if bad.any() else float("nan"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def fmt_interval(iv: Interval) -> str:
+    return f"{iv.mean:.3f} [{iv.ci_low:.3f}, {iv.ci_high:.3f}]" if np.isfinite(iv.ci_low) else f"{iv.mean:.3f}"
+
+
+def fmt_difference(diff) -> str:
+    if not isinstance(diff, Difference):
+        return "—"
+    return (f"{diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}], "
+            f"p = {diff.p:.3f} (perm. {diff.p_permutation:.2f})")  # fmt: skip
+
+
+def comparison_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "condition": comparison["condition"],
+        "objective": comparison["objective"].map(OBJECTIVE_NAMES),
+        "n": [iv.n for iv in comparison["gold_drop"]],
+        "gold drop, mean [95 % CI]": comparison["gold_drop"].map(fmt_interval),
+        "vs single: diff [95 % CI], Welch p": comparison.get("gold_drop_vs_single", pd.Series(dtype=object)).map(fmt_difference),
+        "gold at matched KL": comparison["gold_at_kl"].map(fmt_interval),
+        "matched KL": comparison["matched_kl"].round(1),
+        "vs single ": comparison.get("gold_at_kl_vs_single", pd.Series(dtype=object)).map(fmt_difference),
+    })  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -65,112 +176,139 @@ def figure(path: Path, draw, ncols: int = 2, width: float = 12, height: float = 
     return path
 
 
-def overoptimisation(runs: pd.DataFrame, hist: pd.DataFrame, bon: pd.DataFrame, fig_dir: Path):
+def draw_bands(ax, band: pd.DataFrame, x: str, y: str, palette: str = "tab10", label_suffix: str = "") -> None:
+    """Mean over seeds (line) and its 95 % t interval (shaded) for each setting of ``band``."""
     import seaborn as sns
 
-    rl_points = hist[(hist["beta"] == 0) & (hist["objective"] == "single") & ~hist["adaptive"]]
-    rl_fit = fit_gao(rl_points["d"], rl_points["gold_gain"], "rl")
-    single = bon[bon["objective"] == "single"].copy()
+    colors = dict(zip(band["setting"].unique(), sns.color_palette(palette, band["setting"].nunique())))
+    for setting, group in band.groupby("setting", sort=False):
+        n = int(group["n"].max())
+        ax.plot(group[x], group[y], color=colors[setting], lw=1.4, label=f"{setting} (n={n}){label_suffix}")
+        ax.fill_between(group[x], group["low"], group["high"], color=colors[setting], alpha=0.18, lw=0)
+
+
+def overoptimisation(hist: pd.DataFrame, bon: pd.DataFrame, first: str, fig_dir: Path):
+    """Gold and proxy vs d for the β grid (mean ± 95 % band over seeds) and best-of-n, with the Gao fits."""
+    kl_runs = hist[(hist["objective"] == "single") & (hist["condition"] == first)]
+    zero = kl_runs[(kl_runs["beta"] == 0) & ~kl_runs["adaptive"]]
+    rl_fit = fit_gao_over_seeds([(g["d"].to_numpy(), g["gold_gain"].to_numpy()) for _, g in zero.groupby("run")], "rl")
+    single = bon[(bon["objective"] == "single") & (bon["condition"] == first)].copy()
     single["d"] = np.sqrt(single["kl_exact"])
     single["gold_gain"] = single["gold"] - single["gold"].iloc[0]
     bon_fit = fit_gao(single["d"], single["gold_gain"], "bon")
+    gold_band, proxy_band = seed_band(kl_runs, "gold"), seed_band(kl_runs, "proxy")
 
     def draw(axes):
         ax = axes[0]
-        sns.lineplot(data=hist, x="d", y="gold", hue="setting", units="run", estimator=None, ax=ax, lw=1.2)
-        grid = np.linspace(0, rl_points["d"].max(), 200)
-        base = rl_points.groupby("run")["gold"].first().mean()
+        draw_bands(ax, gold_band, "d", "gold")
+        grid = np.linspace(0, zero["d"].max(), 200)
+        base = zero.groupby("run")["gold"].first().mean()
         ax.plot(grid, base + gao_rl(grid, rl_fit["alpha"], rl_fit["beta"]), "k--", lw=2,
-                label=f"RL fit (β=0): α={rl_fit['alpha']:.3f}, β={rl_fit['beta']:.3f}, R²={rl_fit['r2']:.2f}")
+                label=f"RL fit (β=0, {rl_fit['n_seeds']} seeds): α={rl_fit['alpha']:.2f}, β={rl_fit['beta']:.2f}")
         ax.set(xlabel="d = √KL(π‖π_SFT)", ylabel="gold score", title="PPO: gold vs distance from SFT")
         ax.legend(fontsize=7)
         ax = axes[1]
-        sns.lineplot(data=hist, x="d", y="proxy", hue="setting", units="run", estimator=None, ax=ax, lw=1.2,
-                     legend=False)
+        draw_bands(ax, proxy_band, "d", "proxy")
         ax.set(xlabel="d = √KL(π‖π_SFT)", ylabel="proxy score (training objective)",
                title="PPO: proxy vs distance from SFT")
         ax = axes[2]
         ax.plot(single["d"], single["gold"], "o-", label="gold (best-of-n by proxy)")
+        ax.fill_between(single["d"], single["gold_ci_low"], single["gold_ci_high"], alpha=0.2, lw=0)
         ax.plot(single["d"], single["proxy"], "s-", label="proxy of the pick")
         grid = np.linspace(0, single["d"].max(), 200)
         ax.plot(grid, single["gold"].iloc[0] + gao_bon(grid, bon_fit["alpha"], bon_fit["beta"]), "k--",
-                label=f"BoN fit: α={bon_fit['alpha']:.3f}, β={bon_fit['beta']:.3f}, R²={bon_fit['r2']:.2f}")
+                label=f"BoN fit: α={bon_fit['alpha']:.2f}, β={bon_fit['beta']:.2f}, R²={bon_fit['r2']:.2f}")
         ax.set(xlabel="d = √KL_bon (exact, empirical)", ylabel="score", title="Best-of-n on the SFT policy")
         ax.legend(fontsize=7)
 
     return figure(fig_dir / "overoptimisation.png", draw, ncols=3, width=18), rl_fit, bon_fit
 
 
-def ensembles(hist: pd.DataFrame, fig_dir: Path):
-    import seaborn as sns
-
-    zero = hist[(hist["beta"] == 0) & ~hist["adaptive"]].copy()
-    zero["objective"] = zero["objective"].map(OBJECTIVE_NAMES)
+def ensembles(hist: pd.DataFrame, bon: pd.DataFrame, fig_dir: Path):
+    """β = 0 gold vs KL by objective, one panel per condition (mean ± 95 % band), and best-of-n by objective."""
+    zero = hist[(hist["beta"] == 0) & ~hist["adaptive"]]
+    conditions = list(zero["condition"].unique())
 
     def draw(axes):
-        sns.lineplot(data=zero, x="kl", y="gold", hue="objective", units="run", estimator=None, ax=axes[0])
-        axes[0].set(xlabel="KL(π‖π_SFT) (nats)", ylabel="gold score", title="β = 0: gold vs KL by reward objective")
-        sns.lineplot(data=zero, x="step", y="disagreement", hue="objective", units="run", estimator=None, ax=axes[1])
-        axes[1].set(xlabel="PPO iteration", ylabel="ensemble std (normalised reward)",
-                    title="Ensemble disagreement during training")
+        for condition, ax in zip(conditions, axes):
+            draw_bands(ax, seed_band(zero[zero["condition"] == condition], "gold", x="kl"), "kl", "gold")
+            ax.set(xlabel="KL(π‖π_SFT) (nats)", ylabel="gold score", title=f"β = 0, {condition} RMs: gold vs KL")
+            ax.legend(fontsize=7)
+        ax = axes[-1]
+        for (condition, objective), group in bon[bon["objective"] != "oracle"].groupby(["condition", "objective"]):
+            line = ax.plot(group["n"], group["gold"], "o-" if condition == conditions[0] else "s--", ms=3,
+                           label=f"{condition}, {OBJECTIVE_NAMES[objective]}")[0]
+            ax.fill_between(group["n"], group["gold_ci_low"], group["gold_ci_high"], alpha=0.12, color=line.get_color())
+        ax.set(xscale="log", xlabel="n", ylabel="gold of the pick", title="Best-of-n by objective (95 % CI over prompts)")
+        ax.legend(fontsize=6)
 
-    return figure(fig_dir / "ensembles.png", draw)
+    return figure(fig_dir / "ensembles.png", draw, ncols=len(conditions) + 1, width=6 * (len(conditions) + 1))
 
 
-def beta_ablation(runs: pd.DataFrame, hist: pd.DataFrame, fig_dir: Path):
-    import seaborn as sns
-
-    fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"]]
-    long = fixed.melt(id_vars=["beta", "run"], value_vars=["gold_final", "proxy_final", "kl_final", "distinct_2"])
-    trade = hist[(hist["objective"] == "single") & ~hist["adaptive"]].copy()
+def beta_ablation(runs: pd.DataFrame, hist: pd.DataFrame, first: str, fig_dir: Path):
+    """Final gold, KL and distinct-2 vs β (mean ± 95 % t interval over seeds) and the reward–KL curves."""
+    fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"] & (runs["condition"] == first)]
+    summary_rows = []
+    for beta, group in fixed.groupby("beta"):
+        summary_rows.append({"beta": beta, **{c: t_interval(group[c]) for c in
+                                              ("gold_final", "proxy_final", "kl_final", "distinct_2", "gold_peak")}})
+    summary_frame = pd.DataFrame(summary_rows)
+    trade = hist[(hist["objective"] == "single") & ~hist["adaptive"] & (hist["condition"] == first)].copy()
     trade["combined"] = trade["proxy"] - trade["beta"] * trade["kl"]
+    trade["setting"] = "β=" + trade["beta"].map(lambda b: f"{b:g}")
+
+    def errorbars(ax, column, **style):
+        ivs = summary_frame[column]
+        means = np.array([iv.mean for iv in ivs])
+        err = np.array([[iv.mean - iv.ci_low for iv in ivs], [iv.ci_high - iv.mean for iv in ivs]])
+        ax.errorbar(range(len(ivs)), means, yerr=np.nan_to_num(err), capsize=4, marker="o", **style)
+        ax.set_xticks(range(len(ivs)), [f"{b:g}" for b in summary_frame["beta"]])
 
     def draw(axes):
-        for name, ax in zip(["gold_final", "kl_final", "distinct_2"], axes[:3]):
-            sub = long[long["variable"] == name]
-            sns.pointplot(data=sub, x="beta", y="value", ax=ax, errorbar="sd", capsize=0.1)
-            if name == "gold_final":
-                sns.pointplot(data=long[long["variable"] == "proxy_final"], x="beta", y="value", ax=ax,
-                              color="tab:orange", errorbar="sd", capsize=0.1)
-                ax.set_title("final gold (blue) and proxy (orange)")
-            else:
-                ax.set_title(f"final {name.replace('_final', '').replace('_', '-')}")
-            ax.set(xlabel="β", ylabel="")
-        sns.lineplot(data=trade, x="kl", y="proxy", hue="beta", units="run", estimator=None, ax=axes[3],
-                     palette="viridis")
-        axes[3].set(xlabel="KL (nats)", ylabel="proxy reward", title="reward–KL trade-off")
+        errorbars(axes[0], "gold_final", label="gold")
+        errorbars(axes[0], "proxy_final", label="proxy", color="tab:orange")
+        axes[0].set(title="final gold and proxy (mean, 95 % CI)", xlabel="β")
+        axes[0].legend(fontsize=7)
+        errorbars(axes[1], "kl_final")
+        axes[1].set(title="final KL (nats)", xlabel="β", yscale="symlog")
+        errorbars(axes[2], "distinct_2")
+        axes[2].set(title="final distinct-2", xlabel="β")
+        draw_bands(axes[3], seed_band(trade, "proxy", x="kl"), "kl", "proxy", palette="viridis")
+        axes[3].set(xlabel="KL (nats)", ylabel="proxy reward", title="reward–KL trade-off (mean over seeds)")
+        axes[3].legend(fontsize=6)
 
     def draw_steps(axes):
         for column, ax, label in zip(("proxy", "kl", "combined"), axes, ("reward (proxy)", "KL (nats)", "reward − β·KL")):
-            sns.lineplot(data=trade, x="step", y=column, hue="beta", units="run", estimator=None, ax=ax,
-                         palette="viridis", legend=column == "proxy")
-            ax.set(xlabel="PPO iteration", ylabel=label, title=f"{label} over training")
+            draw_bands(ax, seed_band(trade, column, x="step"), "step", column, palette="viridis")
+            ax.set(xlabel="PPO iteration", ylabel=label, title=f"{label} over training (mean, 95 % band)")
+        axes[0].legend(fontsize=6)
         axes[1].set_yscale("symlog")
         axes[1].set_ylim(bottom=0)
 
     figure(fig_dir / "tradeoff.png", draw_steps, ncols=3, width=17)
-    return figure(fig_dir / "beta_ablation.png", draw, ncols=4, width=18), fixed, trade
+    return figure(fig_dir / "beta_ablation.png", draw, ncols=4, width=18), summary_frame, trade
 
 
-def rm_quality(reward_metrics: dict, calibration: pd.DataFrame, hist: pd.DataFrame, fig_dir: Path):
-    import seaborn as sns
-
-    scaling = pd.DataFrame([{"pairs": int(k), "accuracy": v} for k, v in reward_metrics.get("scaling", {}).items()
+def rm_quality(reward_metrics: dict[str, dict], calibration: pd.DataFrame, hist: pd.DataFrame, fig_dir: Path):
+    """Accuracy vs pairs and calibration of the first condition's models; proxy–gold agreement as the policy moves."""
+    first = next(iter(reward_metrics))
+    scaling = pd.DataFrame([{"pairs": int(k), "accuracy": v} for k, v in reward_metrics[first].get("scaling", {}).items()
                             if v is not None]).sort_values("pairs")  # fmt: skip
+    zero = hist[(hist["beta"] == 0) & ~hist["adaptive"]]
 
     def draw(axes):
         axes[0].plot(scaling["pairs"], scaling["accuracy"], "o-")
         axes[0].set(xscale="log", xlabel="preference pairs", ylabel="held-out accuracy (gold labels)",
-                    title="Reward model: accuracy vs data")
+                    title=f"Reward model ({first}): accuracy vs data")
         axes[0].set_xticks(scaling["pairs"], [str(n) for n in scaling["pairs"]], minor=False)
         axes[0].minorticks_off()
         axes[1].plot([0.5, 1], [0.5, 1], "k:")
         axes[1].scatter(calibration["confidence"], calibration["accuracy"], s=10 + calibration["count"] / 3)
         axes[1].set(xlabel="predicted P(chosen ≻ rejected)", ylabel="observed frequency",
-                    title=f"Ensemble calibration (ECE {reward_metrics['ensemble']['rm/ece']:.3f})")
-        sns.lineplot(data=hist, x="kl", y="proxy_gold_spearman", hue="setting", units="run", estimator=None,
-                     ax=axes[2], lw=1)
-        axes[2].set(xlabel="KL (nats)", ylabel="Spearman(proxy, gold)", title="Proxy–gold agreement on policy samples")
+                    title=f"Ensemble calibration, {first} (ECE {reward_metrics[first]['ensemble']['rm/ece']:.3f})")
+        draw_bands(axes[2], seed_band(zero, "proxy_gold_spearman", x="kl"), "kl", "proxy_gold_spearman")
+        axes[2].set(xlabel="KL (nats)", ylabel="Spearman(proxy member 0, gold)",
+                    title="Proxy–gold agreement on β = 0 policy samples")
         axes[2].legend(fontsize=6)
 
     return figure(fig_dir / "reward_models.png", draw, ncols=3, width=17), scaling
@@ -179,14 +317,16 @@ def rm_quality(reward_metrics: dict, calibration: pd.DataFrame, hist: pd.DataFra
 def sweep_figure(trials: pd.DataFrame, fig_dir: Path):
     import seaborn as sns
 
-    value = "value" if "value" in trials else "values_0"
+    # Columns named by the study's metric names (set_metric_names): value_gold_final, or values_* when
+    # multi-objective.
+    value = "value_gold_final" if "value_gold_final" in trials else "values_gold_final"
 
     def draw(axes):
         sns.scatterplot(data=trials, x="params_beta", y="params_clip_eps", hue=value, style="state", s=90,
                         palette="viridis", ax=axes[0])
         axes[0].set(xscale="log", xlabel="β", ylabel="clip ε", title="Optuna trials (colour: gold)")
-        if "values_1" in trials:  # multi-objective: the Pareto front
-            sns.scatterplot(data=trials, x="values_1", y="values_0", hue="pareto", ax=axes[1])
+        if "values_kl_final" in trials:  # multi-objective: the Pareto front
+            sns.scatterplot(data=trials, x="values_kl_final", y=value, hue="pareto", ax=axes[1])
             axes[1].set(xlabel="final KL", ylabel="final gold", title="Pareto front (gold ↑, KL ↓)")
         else:
             sns.scatterplot(data=trials, x="params_beta", y=value, hue="state", ax=axes[1], s=60)
@@ -197,35 +337,56 @@ def sweep_figure(trials: pd.DataFrame, fig_dir: Path):
 
 
 # ------------------------------------------------------------------------------------------ tables
-def training_table(hist: pd.DataFrame, run: str) -> pd.DataFrame:
-    h = hist[hist["run"] == run]
-    return pd.DataFrame({"Step": h["step"], "Reward": h["proxy"], "KL": h["kl"],
-                         "Combined": h["proxy"] - h["beta"] * h["kl"], "Gold": h["gold"]}).round(3)  # fmt: skip
+def training_table(hist: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """Step | Reward | KL | Combined | Gold of one setting, each the mean over its seeds."""
+    h = hist[hist["setting"] == setting].assign(combined=lambda f: f["proxy"] - f["beta"] * f["kl"])
+    mean = h.groupby("step")[["proxy", "kl", "combined", "gold"]].mean().reset_index()
+    return pd.DataFrame({"Step": mean["step"], "Reward": mean["proxy"], "KL": mean["kl"],
+                         "Combined": mean["combined"], "Gold": mean["gold"]}).round(3)  # fmt: skip
 
 
-def hacking_table(ppo_dir: Path, hacking_run: str, best_run: str, n: int) -> pd.DataFrame:
-    rows = read_jsonl(ppo_dir / hacking_run / "samples.jsonl")
-    best = read_jsonl(ppo_dir / best_run / "samples.jsonl")
-    last, best_last = max(r["step"] for r in rows), max(r["step"] for r in best)
+def hacking_table(runs: pd.DataFrame, hacking: str, best: str, n: int) -> pd.DataFrame:
+    """Samples at step 0 and at the end of the hacking setting's first seed, and of the best setting."""
+    first_seed = lambda setting: Path(runs[runs["setting"] == setting].sort_values("seed")["path"].iloc[0])  # noqa: E731
+    rows, best_rows = (read_jsonl(first_seed(name) / "samples.jsonl") for name in (hacking, best))
+    last, best_last = max(r["step"] for r in rows), max(r["step"] for r in best_rows)
     out = []
-    for label, source, step in (("SFT (step 0)", rows, 0), (f"{hacking_run}, step {last}", rows, last),
-                                (f"{best_run} (best β), step {best_last}", best, best_last)):  # fmt: skip
+    for label, source, step in (("SFT (step 0)", rows, 0), (f"{hacking}, step {last}", rows, last),
+                                (f"{best} (best final gold), step {best_last}", best_rows, best_last)):  # fmt: skip
         for r in [r for r in source if r["step"] == step][:n]:
             out.append({"policy": label, "prompt": r["prompt"], "response": r["response"],
                         "proxy": r["proxy"], "gold": r["gold"]})  # fmt: skip
     return pd.DataFrame(out)
 
 
-def importances(sweep_dir: Path, storage: str | None, study_name: str) -> pd.DataFrame:
+# Below this many complete trials fANOVA importances of two parameters are noise: not shown.
+MIN_TRIALS_FOR_IMPORTANCE = 10
+
+
+def importances(sweep_dir: Path, storage: str | None, study_name: str) -> tuple[pd.DataFrame | None, str]:
+    """(parameter importances or None, a sentence saying what was computed and on how many trials)."""
     import optuna
 
     url = storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
     try:
         study = optuna.load_study(study_name=study_name, storage=url)
+        complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if complete < MIN_TRIALS_FOR_IMPORTANCE:
+            return None, (f"Parameter importances are not shown: {complete} complete trials, fewer than the "
+                          f"{MIN_TRIALS_FOR_IMPORTANCE} they need to mean something.")  # fmt: skip
         values = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError, KeyError) as err:  # too few complete trials, multi-objective...
-        return pd.DataFrame([{"parameter": "n/a", "importance": f"not computed: {err}"}])
-    return pd.DataFrame([{"parameter": k, "importance": round(v, 3)} for k, v in values.items()])
+    except (RuntimeError, ValueError, KeyError) as err:  # multi-objective...
+        return None, f"Parameter importances not computed: {err}"
+    frame = pd.DataFrame([{"parameter": k, "importance": round(v, 2)} for k, v in values.items()])
+    return frame, f"Parameter importances (fANOVA) over {complete} complete trials."
+
+
+def rounded_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials table at meaningful precision: parameters to 3 significant digits, scores to 3 decimals."""
+    frame = trials.drop(columns=[c for c in trials if c.startswith(("datetime", "duration", "system"))])
+    for column in [c for c in frame if c.startswith("params_")]:
+        frame[column] = frame[column].map(lambda x: float(f"{x:.3g}") if pd.notna(x) else x)
+    return frame
 
 
 # ------------------------------------------------------------------------------------------ page
@@ -235,94 +396,120 @@ def embed(path: Path) -> str:
 
 
 def table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, classes="t")
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, classes="t", escape=False)
 
 
 def fmt_fit(fit: dict) -> str:
-    return (f"α = {fit['alpha']:.3f} ± {fit['alpha_se']:.3f}, β = {fit['beta']:.3f} ± {fit['beta_se']:.3f}, "
-            f"R² = {fit['r2']:.3f} ({fit['points']} points); predicted peak at KL = {fit['peak_kl']:.2f} nats "
-            f"(gain {fit['peak_gain']:+.3f})")  # fmt: skip
+    text = (f"α = {fit['alpha']:.3f} ± {fit['alpha_se']:.3f}, β = {fit['beta']:.3f} ± {fit['beta_se']:.3f} (± fit s.e.), "
+            f"R² = {fit['r2']:.3f} ({fit['points']} points)")  # fmt: skip
+    if "alpha_ci" in fit:
+        text += (f"; 95 % bootstrap CI over {fit['n_seeds']} seeds: α [{fit['alpha_ci'][0]:.3f}, {fit['alpha_ci'][1]:.3f}],"
+                 f" β [{fit['beta_ci'][0]:.3f}, {fit['beta_ci'][1]:.3f}]")  # fmt: skip
+    return text + f"; predicted peak at KL = {fit['peak_kl']:.2f} nats (gain {fit['peak_gain']:+.3f})"
+
+
+METHODS = (
+    "<p><b>Statistics.</b> Each setting runs under several seeds (the policy's sampling and the prompt order). "
+    "Curves are the mean over seeds at the shared evaluation steps, the x value being the mean of the seeds' "
+    "x at that step, with a shaded 95 % Student t band for the y value. Levels are mean [95 % Student t CI] "
+    "with n the number of seeds. Differences between two settings are Welch's t (unequal variances; "
+    "interval and two-sided p); seeds are treated as independent, since runs that share a seed diverge after "
+    "their first update. An exact permutation p-value is given beside it: with 3 seeds a side its smallest "
+    "possible value is 0.1, so it alone cannot reach 5 %. Gao et al. fits pool the seeds' points; their 95 % "
+    "intervals come from a percentile bootstrap over seeds (whole runs resampled). Best-of-n intervals are a "
+    "percentile bootstrap over prompts. Statements at the 5 % level are not corrected for multiple comparisons.</p>"
+)
 
 
 def run(cfg: Config) -> dict:
     ppo_dir, r = Path(cfg.paths.ppo), cfg.report
     runs, hist = load_runs(ppo_dir)
+    conditions = list(cfg.reward_conditions)
+    first = conditions[0]
     bon = pd.read_csv(Path(cfg.paths.best_of_n) / "bon.csv")
-    reward_metrics = json.loads((Path(cfg.paths.reward) / "metrics.json").read_text())
-    calibration = pd.read_csv(Path(cfg.paths.reward) / "calibration.csv")
+    reward_metrics = {c: json.loads((Path(cfg.for_condition(c).paths.reward) / "metrics.json").read_text())
+                      for c in conditions}  # fmt: skip
+    calibration = pd.read_csv(Path(cfg.for_condition(first).paths.reward) / "calibration.csv")
     sweep_dir = Path(cfg.paths.sweep)
     trials = pd.read_csv(sweep_dir / "trials.csv")
     sweep_metrics = json.loads((sweep_dir / "metrics.json").read_text())
     for name in (r.default_run, r.hacking_run):
-        if name not in set(runs["run"]):
-            raise UserError(f"report.default_run/hacking_run: no PPO run named {name!r}; runs: {', '.join(runs['run'])}")
+        if name not in set(runs["setting"]):
+            raise UserError(f"report.default_run/hacking_run: no PPO setting named {name!r}; "
+                            f"settings: {', '.join(runs['setting'].unique())}")  # fmt: skip
 
     with replacing_dir(cfg.paths.report, merge=True) as out:  # reports/README.md stays
         fig_dir = out / "figures"
-        overopt_png, rl_fit, bon_fit = overoptimisation(runs, hist, bon, fig_dir)
-        ensembles_png = ensembles(hist, fig_dir)
-        beta_png, fixed, trade = beta_ablation(runs, hist, fig_dir)
+        overopt_png, rl_fit, bon_fit = overoptimisation(hist, bon, first, fig_dir)
+        ensembles_png = ensembles(hist, bon, fig_dir)
+        beta_png, beta_summary, trade = beta_ablation(runs, hist, first, fig_dir)
         rm_png, scaling = rm_quality(reward_metrics, calibration, hist, fig_dir)
         sweep_png = sweep_figure(trials, fig_dir)
-
-        zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]].copy()
-        zero["gold_drop"] = zero["gold_peak"] - zero["gold_final"]
-        drops = zero.groupby("objective")[["gold_peak", "gold_final", "gold_drop", "kl_final"]].mean()
-        best_run = runs.loc[runs["gold_final"].idxmax(), "run"]
-        metrics = {
-            **{f"overopt.rl.{k}": v for k, v in rl_fit.items()},
-            **{f"overopt.bon.{k}": v for k, v in bon_fit.items()},
-            **{f"ensemble.{obj}.gold_drop": float(drops.loc[obj, "gold_drop"]) for obj in drops.index},
-            **{f"ensemble.{obj}.gold_final": float(drops.loc[obj, "gold_final"]) for obj in drops.index},
-            "sweep.best.beta": sweep_metrics.get("sweep.best.beta"),
-            "sweep.best.clip_eps": sweep_metrics.get("sweep.best.clip_eps"),
-            "sweep.n_trials": sweep_metrics["sweep.n_trials"],
-            "best_run": best_run,
-            "best_run.gold_final": float(runs["gold_final"].max()),
-        }
+        comparison = ensemble_comparison(runs, hist, r.matched_kl)
+        agreement = member_agreement(runs)
+        setting_gold = runs.groupby("setting")["gold_final"].mean()
+        best_setting = setting_gold.idxmax()
+        metrics = headline_metrics(rl_fit, bon_fit, comparison, beta_summary, sweep_metrics, first)
+        metrics.update({"best_run": best_setting, "best_run.gold_final": float(setting_gold.max())})
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
         plots = out / "plots"
         plots.mkdir()
-        hist[["run", "setting", "step", "kl", "d", "gold", "proxy", "disagreement"]].to_csv(plots / "ppo_curves.csv", index=False)
+        hist[["run", "setting", "seed", "step", "kl", "d", "gold", "proxy", "disagreement"]].to_csv(plots / "ppo_curves.csv", index=False)
         bon.to_csv(plots / "best_of_n.csv", index=False)
-        fixed[["run", "beta", "gold_final", "proxy_final", "kl_final", "distinct_2"]].to_csv(plots / "beta_ablation.csv", index=False)
+        fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"] & (runs["condition"] == first)]
+        fixed[["run", "seed", "beta", "gold_final", "proxy_final", "kl_final", "distinct_2"]].to_csv(plots / "beta_ablation.csv", index=False)
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
 
-        run_table = runs[["run", "setting", "seed", "gold_initial", "gold_peak", "gold_peak_kl", "gold_final",
+        run_table = runs[["setting", "seed", "gold_initial", "gold_peak", "gold_peak_kl", "gold_final",
                           "proxy_final", "kl_final", "distinct_1", "distinct_2"]].round(3)  # fmt: skip
+        beta_table = pd.DataFrame({"β": beta_summary["beta"], "n": [iv.n for iv in beta_summary["gold_final"]],
+                                   **{f"{c} [95 % CI]": beta_summary[c].map(fmt_interval) for c in
+                                      ("gold_final", "gold_peak", "proxy_final", "kl_final", "distinct_2")}})  # fmt: skip
+        fits = pd.DataFrame([{"seed": i, **{k: f[k] for k in ("alpha", "beta", "r2", "peak_kl")}}
+                             for i, f in enumerate(rl_fit["per_seed"])])  # fmt: skip
+        importance_table, importance_note = importances(sweep_dir, cfg.sweep.storage, cfg.sweep.study_name)
+        rm_table = pd.DataFrame([{"condition": c, "model": k, **v} for c, m in reward_metrics.items()
+                                 for k, v in m.items() if k.startswith(("member", "ensemble"))])  # fmt: skip
         sections = [
             f"<h1>{html.escape(r.title)}</h1>",
             "<p>Every number below is read from the runs' files written by the pipeline "
             "(<code>runs/</code>, <code>models/reward</code>); gold is the task's programmatic reward, proxy the "
             "learned reward model(s) used for training, normalised to mean 0 / std 1 on SFT samples.</p>",
+            METHODS,
             "<h2>1. Over-optimisation (Gao et al. 2022)</h2>", embed(overopt_png),
-            f"<p><b>RL</b> (β = 0, single RM, all seeds pooled; gold gain vs d): {fmt_fit(rl_fit)}.<br>"
+            f"<p><b>RL</b> (β = 0, single RM, {first} condition, seeds pooled; gold gain vs d): {fmt_fit(rl_fit)}.<br>"
             f"<b>Best-of-n</b> (SFT policy, unbiased estimator over {cfg.best_of_n.samples_per_prompt} samples "
             f"per prompt; d from the exact KL of best-of-n over the empirical sample distribution, which "
             f"differs from the bound log n − (n−1)/n only through ties): {fmt_fit(bon_fit)}.</p>",
-            table(run_table),
+            "<p>The RL fit of each seed alone:</p>", table(fits),
             "<h2>2. Reward-model ensembles (Coste et al. 2023)</h2>", embed(ensembles_png),
-            "<p>Gold drop = peak gold − final gold of the β = 0 runs, by training objective "
-            f"(uncertainty-weighted λ = {cfg.ppo.uwo_lambda}, population variance across "
-            f"{reward_metrics['ensemble']['rm/members']} members).</p>",
-            table(drops.reset_index().assign(objective=lambda f: f["objective"].map(OBJECTIVE_NAMES))),
+            f"<p>β = 0 runs by training objective and reward condition ({describe_conditions(cfg)}). "
+            "Gold drop = peak gold − final gold of a run; gold at matched KL = the gold where the run first "
+            "reaches the matched KL (interpolated between evaluations; the median KL of the condition's gold "
+            f"peaks unless <code>report.matched_kl</code> is set). Uncertainty-weighted λ = {cfg.ppo.uwo_lambda}.</p>",
+            table(comparison_table(comparison)) if not comparison.empty else "<p>No β = 0 runs.</p>",
+            "<p>What the data support:</p><ul>" + "".join(f"<li>{line}</li>" for line in verdicts(comparison)) + "</ul>",
+            "<p>Why an ensemble can fail to help: if its members agree on the policy's samples, every aggregate "
+            "(mean, worst case, variance penalty) rewards the same text. On the β = 0 policies' final samples:</p>",
+            table(agreement) if not agreement.empty else "",
             "<h2>3. β ablation and the reward–KL trade-off</h2>", embed(beta_png), embed(fig_dir / "tradeoff.png"),
-            table(fixed[["run", "beta", "gold_final", "proxy_final", "kl_final", "distinct_1", "distinct_2"]]),
-            f"<h2>4. Training table ({html.escape(r.default_run)})</h2>",
+            table(beta_table),
+            f"<h2>4. Training table ({html.escape(r.default_run)}, mean over seeds)</h2>",
             "<p>Reward = proxy score, KL in nats, Combined = Reward − β·KL (the KL-regularised objective).</p>",
             table(training_table(hist, r.default_run)),
             "<h2>5. Reward hacking in text</h2>",
-            table(hacking_table(ppo_dir, r.hacking_run, best_run, r.samples)),
+            table(hacking_table(runs, r.hacking_run, best_setting, r.samples)),
             "<h2>6. Reward-model quality</h2>", embed(rm_png),
-            table(scaling),
-            table(pd.DataFrame([{"model": k, **v} for k, v in reward_metrics.items() if k.startswith(("member", "ensemble"))])),
+            table(scaling), table(rm_table),
             "<h2>7. Optuna study (β, clip ε)</h2>", embed(sweep_png),
-            f"<p>Best: β = {metrics['sweep.best.beta']}, ε = {metrics['sweep.best.clip_eps']} "
-            f"({sweep_metrics['sweep.n_trials']} trials, {sweep_metrics['sweep.n_pruned']} pruned).</p>",
-            table(importances(sweep_dir, cfg.sweep.storage, cfg.sweep.study_name)),
-            table(trials.drop(columns=[c for c in trials if c.startswith(("datetime", "duration", "system"))])),
+            f"<p>Best: β = {fmt_sig(metrics['sweep.best.beta'])}, ε = {fmt_sig(metrics['sweep.best.clip_eps'])} "
+            f"({sweep_metrics['sweep.n_trials']} trials, {sweep_metrics['sweep.n_pruned']} pruned; each trial's "
+            f"objective is the mean final gold over {cfg.sweep.seeds} seed(s)). {importance_note}</p>",
+            table(importance_table) if importance_table is not None else "",
+            table(rounded_trials(trials)),
+            "<h2>8. Every run</h2>", table(run_table),
         ]
         style = ("body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}"
                  ".t{border-collapse:collapse;font-size:12px;margin:0.5em 0}.t td,.t th{padding:2px 8px;"
@@ -330,6 +517,43 @@ def run(cfg: Config) -> dict:
         page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(r.title)}</title>" \
                f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"  # fmt: skip
         (out / "report.html").write_text(page)
+    return metrics
+
+
+def fmt_sig(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def describe_conditions(cfg: Config) -> str:
+    return "; ".join(f"{name}: " + (", ".join(f"{s}.{k} = {v}" for s, keys in over.items() for k, v in keys.items())
+                                    or "as params.yaml") for name, over in cfg.reward_conditions.items())  # fmt: skip
+
+
+def headline_metrics(rl_fit: dict, bon_fit: dict, comparison: pd.DataFrame, beta_summary: pd.DataFrame,
+                     sweep_metrics: dict, first: str) -> dict:  # fmt: skip
+    """metrics.json: flat dotted keys, as `dvc metrics show` lists them."""
+    metrics = {f"overopt.rl.{k}": v for k, v in rl_fit.items() if k != "per_seed"}
+    metrics.update({f"overopt.bon.{k}": v for k, v in bon_fit.items()})
+    for _, row in comparison.iterrows():
+        key = f"ensemble.{row['condition']}.{row['objective']}"
+        for column in ("gold_drop", "gold_at_kl"):
+            metrics.update({f"{key}.{column}.{k}": v for k, v in row[column].to_dict().items()})
+            diff = row.get(f"{column}_vs_single")
+            if isinstance(diff, Difference):
+                name = "vs_single" if column == "gold_drop" else "gold_at_kl_vs_single"
+                metrics.update({f"{key}.{name}.{k}": getattr(diff, k) for k in ("diff", "ci_low", "ci_high", "p", "p_permutation")})
+        metrics[f"{key}.matched_kl"] = row["matched_kl"]
+        if row["condition"] == first:  # the keys of one-seed reports, kept: means over seeds now
+            metrics[f"ensemble.{row['objective']}.gold_drop"] = row["gold_drop"].mean
+            metrics[f"ensemble.{row['objective']}.gold_final"] = row["gold_final"].mean
+    for _, row in beta_summary.iterrows():
+        for column in ("gold_final", "kl_final"):
+            metrics.update({f"beta.{row['beta']:g}.{column}.{k}": v for k, v in row[column].to_dict().items()})
+    metrics.update({
+        "sweep.best.beta": sweep_metrics.get("sweep.best.beta"),
+        "sweep.best.clip_eps": sweep_metrics.get("sweep.best.clip_eps"),
+        "sweep.n_trials": sweep_metrics["sweep.n_trials"],
+    })  # fmt: skip
     return metrics
 
 

@@ -1,6 +1,8 @@
 """Reward stage: train ``reward.members`` Bradley–Terry reward models and measure their quality.
 
-Outputs (``paths.reward``): ``member_<k>/`` (each loads with AutoModelForSequenceClassification;
+``python -m pipelines.reward [--condition NAME]``: one reward condition of ``reward_conditions`` (its
+overrides of the preferences and reward sections; default the first), side by side members.
+Outputs (``paths.reward``/NAME): ``member_<k>/`` (each loads with AutoModelForSequenceClassification;
 normalisation in its config.json), ``metrics.json`` (per member, for the ensemble mean, and held-out
 accuracy vs number of pairs under ``scaling``), ``calibration.csv`` (the ensemble's reliability
 bins), ``config.yaml``. MLflow: a parent run ``reward`` with one nested run per member.
@@ -8,6 +10,7 @@ bins), ``config.yaml``. MLflow: a parent run ``reward`` with one nested run per 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
+from rlhf_lab import parallel
 from rlhf_lab.config import Config
 from rlhf_lab.data import DataError, read_jsonl, write_json
 from rlhf_lab.models import encode_texts, load_tokenizer
@@ -114,71 +118,104 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
     return model, logger
 
 
-def accuracy_vs_pairs(cfg: Config, train_rows, eval_rows, eval_labels, tokenizer, parent: str) -> dict:
-    """Held-out accuracy of one reward model trained on the first N pairs, for each requested N
-    smaller than the full set (member 0 is the model trained on all of them)."""
-    out = {}
-    for n in sorted(set(cfg.reward.scaling_pairs)):
-        if n >= len(train_rows):
-            continue
-        model, logger = train_member(cfg, 0, train_rows[:n], eval_rows, tokenizer, parent, name=f"reward-pairs-{n}")
-        raw = [score_texts(model, tokenizer, *side(eval_rows, s), cfg.reward.max_length).numpy()
-               for s in ("chosen", "rejected")]  # fmt: skip
-        out[str(n)] = pairwise_accuracy(raw[0], raw[1], eval_labels)
-        logger.log_metrics({"rm/accuracy": out[str(n)], "rm/pairs": n})
-        logger.finalize("success")
-    return out
+def fit_member(cfg: Config, k: int, data: "PairData", tokenizer, parent: str, out: Path) -> tuple[dict, tuple]:
+    """Train member ``k``, normalise it on SFT samples, save it under ``out``/member_<k>.
 
-
-def run(cfg: Config) -> dict:
-    from mlflow import MlflowClient
-
+    Returns its held-out quality and (P(chosen ≻ rejected), normalised chosen, rejected, fresh scores).
+    """
     r = cfg.reward
+    model, logger = train_member(cfg, k, data.train, data.eval, tokenizer, parent)
+    # Normalise on SFT-policy samples: mean 0, std 1 there (the PPO starting distribution).
+    raw_fresh = score_texts(model, tokenizer, *data.calibration, r.max_length).numpy()
+    gain, bias = normalisation(raw_fresh)
+    model.config.reward_gain, model.config.reward_bias = gain, bias
+    raw = [score_texts(model, tokenizer, *side(data.eval, s), r.max_length).numpy() for s in ("chosen", "rejected")]
+    # Calibration lives on the raw Bradley–Terry scale the model was trained on.
+    prob = sigmoid(raw[0] - raw[1])
+    scores = [gain * x + bias for x in (*raw, raw_fresh)]  # normalised: chosen, rejected, fresh
+    member = quality(prob, scores[0], scores[1], data.eval_labels, scores[2], data.sft_gold)
+    logger.log_metrics(member)
+    model.save_pretrained(out / f"member_{k}")
+    tokenizer.save_pretrained(out / f"member_{k}")
+    logger.experiment.set_tag(logger.run_id, "path", str(Path(cfg.paths.reward) / f"member_{k}"))
+    logger.finalize("success")
+    return member, (prob, *scores)
+
+
+def fit_on_pairs(cfg: Config, n: int, data: "PairData", tokenizer, parent: str) -> float:
+    """Held-out accuracy of one reward model trained on the first ``n`` pairs (accuracy vs data)."""
+    model, logger = train_member(cfg, 0, data.train[:n], data.eval, tokenizer, parent, name=f"reward-pairs-{n}")
+    raw = [score_texts(model, tokenizer, *side(data.eval, s), cfg.reward.max_length).numpy()
+           for s in ("chosen", "rejected")]  # fmt: skip
+    accuracy = pairwise_accuracy(raw[0], raw[1], data.eval_labels)
+    logger.log_metrics({"rm/accuracy": accuracy, "rm/pairs": n})
+    logger.finalize("success")
+    return accuracy
+
+
+def fit_job(job: tuple) -> tuple | float:
+    """A worker job: ("member", k, …) → :func:`fit_member`, ("pairs", n, …) → :func:`fit_on_pairs`."""
+    kind, value, cfg, data, parent, out = job
+    tokenizer = load_tokenizer(cfg.reward.backbone or cfg.paths.sft)
+    if kind == "member":
+        return fit_member(cfg, value, data, tokenizer, parent, out)
+    return fit_on_pairs(cfg, value, data, tokenizer, parent)
+
+
+@dataclass(frozen=True)
+class PairData:
+    train: list[dict]
+    eval: list[dict]
+    eval_labels: np.ndarray  # gold label of each held-out pair (chosen really better)
+    calibration: tuple[list[str], list[bool]]  # texts and ended flags the rewards are normalised on
+    sft_gold: np.ndarray | None  # gold of the fresh SFT samples, when there are some
+
+
+def load_pair_data(cfg: Config) -> PairData:
     train_rows, eval_rows = pair_datasets(cfg)
-    tokenizer = load_tokenizer(r.backbone or cfg.paths.sft)
     eval_labels = np.array(
         [r_.get("chosen_gold", 1) >= r_.get("rejected_gold", 0) for r_ in eval_rows], dtype=bool
     )
     fresh_path = Path(cfg.paths.preferences) / "sft_samples.jsonl"
-    fresh = read_jsonl(fresh_path) if r.dataset is None and fresh_path.is_file() else None
+    fresh = read_jsonl(fresh_path) if cfg.reward.dataset is None and fresh_path.is_file() else None
+    if fresh:
+        calibration = ([f"{x['prompt']} {x['response']}" for x in fresh], [x["ended"] for x in fresh])
+    else:
+        calibration = side(train_rows, "chosen")
     sft_gold = np.array([row["gold"] for row in fresh]) if fresh else None
+    return PairData(train_rows, eval_rows, eval_labels, calibration, sft_gold)
 
+
+def run(cfg: Config, condition: str | None = None) -> dict:
+    """The reward stage for one reward condition (``reward_conditions``; default the first)."""
+    from mlflow import MlflowClient
+
+    cfg = cfg.for_condition(condition)
+    r = cfg.reward
+    data = load_pair_data(cfg)
     client = MlflowClient(tracking_uri(cfg.tracking))
-    parent = create_parent_run(cfg, "reward", "reward")
+    parent = create_parent_run(cfg, f"reward-{Path(cfg.paths.reward).name}", "reward")
+    # Members and the accuracy-vs-pairs models are independent fits: side by side.
+    pair_counts = [n for n in sorted(set(r.scaling_pairs)) if n < len(data.train)]
+    jobs = [("member", k) for k in range(r.members)] + [("pairs", n) for n in pair_counts]
+    workers = parallel.plan(cfg.runtime, len(jobs))
+    job_cfg = cfg.replace(runtime={"threads": workers.threads})
 
     metrics: dict = {}
-    member_scores = []  # normalised held-out rewards per member: (chosen, rejected, fresh)
     with replacing_dir(cfg.paths.reward) as out:
+        fits = parallel.run_side_by_side(fit_job, [(*job, job_cfg, data, parent, out) for job in jobs], workers)
+        results = dict(zip(jobs, fits))
+        member_scores = []  # normalised held-out rewards per member: (prob, chosen, rejected, fresh)
         for k in range(r.members):
-            model, logger = train_member(cfg, k, train_rows, eval_rows, tokenizer, parent)
-            # Normalise on SFT-policy samples: mean 0, std 1 there (the PPO starting distribution).
-            calib_texts, calib_ended = (
-                ([f"{x['prompt']} {x['response']}" for x in fresh], [x["ended"] for x in fresh])
-                if fresh else side(train_rows, "chosen")
-            )  # fmt: skip
-            raw_fresh = score_texts(model, tokenizer, calib_texts, calib_ended, r.max_length).numpy()
-            gain, bias = normalisation(raw_fresh)
-            model.config.reward_gain, model.config.reward_bias = gain, bias
-            raw = [score_texts(model, tokenizer, *side(eval_rows, s), r.max_length).numpy()
-                   for s in ("chosen", "rejected")]  # fmt: skip
-            # Calibration lives on the raw Bradley–Terry scale the model was trained on.
-            prob = sigmoid(raw[0] - raw[1])
-            scores = [gain * x + bias for x in (*raw, raw_fresh)]  # normalised: chosen, rejected, fresh
-            member_scores.append((prob, *scores))
-            member = quality(prob, scores[0], scores[1], eval_labels, scores[2], sft_gold)
-            metrics[f"member_{k}"] = member
-            logger.log_metrics(member)
-            model.save_pretrained(out / f"member_{k}")
-            tokenizer.save_pretrained(out / f"member_{k}")
-            logger.experiment.set_tag(logger.run_id, "path", str(Path(cfg.paths.reward) / f"member_{k}"))
-            logger.finalize("success")
+            metrics[f"member_{k}"], scores = results[("member", k)]
+            member_scores.append(scores)
         # The ensemble's prediction averages member probabilities; its reward is the mean objective.
         prob, chosen, rejected, fresh_scores = (np.mean([s[i] for s in member_scores], axis=0) for i in range(4))
-        metrics["ensemble"] = quality(prob, chosen, rejected, eval_labels, fresh_scores, sft_gold)
+        metrics["ensemble"] = quality(prob, chosen, rejected, data.eval_labels, fresh_scores, data.sft_gold)
         metrics["ensemble"]["rm/members"] = r.members
-        pd.DataFrame(calibration_bins(prob, eval_labels)).to_csv(out / "calibration.csv", index=False)
-        scaling = accuracy_vs_pairs(cfg, train_rows, eval_rows, eval_labels, tokenizer, parent)
-        scaling[str(len(train_rows))] = metrics["member_0"]["rm/accuracy"]
+        pd.DataFrame(calibration_bins(prob, data.eval_labels)).to_csv(out / "calibration.csv", index=False)
+        scaling = {str(n): results[("pairs", n)] for n in pair_counts}
+        scaling[str(len(data.train))] = metrics["member_0"]["rm/accuracy"]
         metrics["scaling"] = scaling
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
@@ -191,7 +228,7 @@ def run(cfg: Config) -> dict:
 
 
 def main() -> None:
-    stage_main(run, __doc__.splitlines()[0])
+    stage_main(run, __doc__.splitlines()[0], options={"--condition": "a reward condition from params.yaml's reward_conditions"})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sweep stage and CLI: an Optuna study of the KL coefficient β (log scale) and the PPO clip ε.
 
-Each trial is one PPO run (``ppo`` section, ``sweep.iterations`` iterations) whose final gold score
-is the objective (``sweep.objective: gold``), or gold ↑ and KL ↓ together (``gold_kl``, a Pareto
+Each trial is ``sweep.seeds`` PPO runs (``ppo`` section, ``sweep.iterations`` iterations) whose mean
+final gold score is the objective (its standard error a trial user attribute, ``gold_final_se``) (``sweep.objective: gold``), or gold ↑ and KL ↓ together (``gold_kl``, a Pareto
 front). Poor trials are pruned from their intermediate gold scores (median pruner). Every trial
 is an MLflow run nested under the study's run.
 
@@ -20,6 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 from lightning.pytorch.callbacks import Callback
 
@@ -47,6 +48,9 @@ class GoldPruning(Callback):
             self.trial.report(row["gold"], step=row["step"])
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"gold {row['gold']:.3f} at iteration {row['step']}")
+
+
+METRIC_NAMES = {"gold": ["gold_final"], "gold_kl": ["gold_final", "kl_final"]}
 
 
 def default_storage(sweep_dir: Path) -> str:
@@ -77,11 +81,15 @@ def _create_or_load(cfg: Config, storage: str, study_name: str) -> optuna.Study:
         # (Optuna's percentile is the share kept: 75 prunes the bottom quarter.)
         pruner = optuna.pruners.PercentilePruner(75.0, n_startup_trials=3, n_warmup_steps=s.iterations // 2)
         pruner = pruner if s.pruning else optuna.pruners.NopPruner()
-        return optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                   sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
-    # Multi-objective studies cannot prune (Trial.report raises): pruning is off here.
-    return optuna.create_study(study_name=study_name, storage=storage, directions=["maximize", "minimize"],
-                               sampler=sampler, load_if_exists=True)  # fmt: skip
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
+    else:
+        # Multi-objective studies cannot prune (Trial.report raises): pruning is off here.
+        study = optuna.create_study(study_name=study_name, storage=storage, directions=["maximize", "minimize"],
+                                    sampler=sampler, load_if_exists=True)  # fmt: skip
+    # Named objectives: optuna-dashboard shows "gold_final" (and "kl_final"), not "Objective 0".
+    study.set_metric_names(METRIC_NAMES[s.objective])
+    return study
 
 
 def parent_run(cfg: Config, study: optuna.Study) -> str:
@@ -106,15 +114,24 @@ def objective_fn(cfg: Config, trials_dir: Path, parent: str):
             paths={"ppo": str(trials_dir)},
             ppo={"beta": beta, "clip_eps": clip_eps, "iterations": s.iterations, "run_name": f"trial_{trial.number}",
                  "adaptive_kl": False, "checkpoint_every": s.iterations},
-        )  # fmt: skip
-        callbacks = [GoldPruning(trial)] if s.objective == "gold" and s.pruning else []
+        ).for_condition()  # fmt: skip
         tags = {"mlflow.parentRunId": parent, "optuna_trial": str(trial.number)}
-        metrics = ppo.run(trial_cfg, callbacks=callbacks, tags=tags)
-        trial.set_user_attr("kl_final", metrics["kl_final"])
-        trial.set_user_attr("gold_peak", metrics["gold_peak"])
+        finals = []
+        for seed in range(s.seeds):
+            # Pruning reads the first seed's intermediate gold: the later seeds only run for trials it keeps.
+            callbacks = [GoldPruning(trial)] if s.objective == "gold" and s.pruning and seed == 0 else []
+            out = trials_dir / f"trial_{trial.number}" / f"seed_{seed}"
+            finals.append(ppo.train(trial_cfg.replace(ppo={"seed": seed}), out, callbacks=callbacks, tags=tags))
+        gold, kl = (np.array([m[key] for m in finals]) for key in ("gold_final", "kl_final"))
+        # Standard error of the mean over seeds (NaN with one seed): how far apart trials must be to differ.
+        se = float(gold.std(ddof=1) / np.sqrt(len(gold))) if len(gold) > 1 else float("nan")
+        trial.set_user_attr("gold_final_se", se)
+        trial.set_user_attr("seeds", len(gold))
+        trial.set_user_attr("kl_final", float(kl.mean()))
+        trial.set_user_attr("gold_peak", float(np.mean([m["gold_peak"] for m in finals])))
         if s.objective == "gold":
-            return metrics["gold_final"]
-        return metrics["gold_final"], metrics["kl_final"]
+            return float(gold.mean())
+        return float(gold.mean()), float(kl.mean())
 
     return objective
 

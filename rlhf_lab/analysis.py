@@ -1,4 +1,5 @@
-"""Analyses the report runs: Gao et al. (2022) over-optimisation fits and text diversity.
+"""Analyses the report runs: Gao et al. (2022) over-optimisation fits (pooled over seeds with
+bootstrap intervals), values at a matched KL, and text diversity.
 
 Gao et al., "Scaling Laws for Reward Model Overoptimization", eqs. 1–2, with d = √KL(π‖π_init):
 
@@ -62,3 +63,44 @@ def distinct_n(texts: list[str], n: int) -> float:
     """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams over a set of texts."""
     grams = [tuple(words[i : i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def value_at_kl(kl: np.ndarray, value: np.ndarray, target: float) -> float:
+    """``value`` where a run's trajectory first reaches KL = ``target``, linearly interpolated
+    between the two evaluations around the crossing; NaN if the run never gets there.
+
+    ``kl`` and ``value`` are in evaluation order (KL mostly grows, but need not be monotone).
+    """
+    kl, value = np.asarray(kl, dtype=np.float64), np.asarray(value, dtype=np.float64)
+    if len(kl) == 0 or not np.isfinite(target):
+        return float("nan")
+    if kl[0] >= target:
+        return float(value[0])
+    above = np.nonzero(kl >= target)[0]
+    if len(above) == 0:
+        return float("nan")
+    i = above[0]
+    share = (target - kl[i - 1]) / (kl[i] - kl[i - 1])
+    return float(value[i - 1] + share * (value[i] - value[i - 1]))
+
+
+def fit_gao_over_seeds(runs: list[tuple[np.ndarray, np.ndarray]], form: str, n_resamples: int = 1000,
+                       seed: int = 0) -> dict:  # fmt: skip
+    """The Gao form fitted to the pooled (d, gain) points of several seeds, with 95 % intervals for
+    α and β from a bootstrap over seeds (each resample redraws whole runs), and each seed's own fit.
+    """
+    from rlhf_lab.stats import group_bootstrap
+
+    def pooled(group: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+        return fit_gao(np.concatenate([d for d, _ in group]), np.concatenate([g for _, g in group]), form)
+
+    fit = pooled(runs)
+    fit["n_seeds"] = len(runs)
+    fit["per_seed"] = [pooled([run]) for run in runs]
+    if len(runs) >= 2:
+        (alpha_ci, beta_ci) = group_bootstrap(runs, lambda g: [pooled(g)[k] for k in ("alpha", "beta")],
+                                              n_resamples=n_resamples, seed=seed)  # fmt: skip
+        fit["alpha_ci"], fit["beta_ci"] = [float(x) for x in alpha_ci], [float(x) for x in beta_ci]
+    else:
+        fit["alpha_ci"] = fit["beta_ci"] = [float("nan"), float("nan")]
+    return fit

@@ -40,6 +40,17 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise _FieldError(name, message)
 
 
+def seed_list(seeds, name: str) -> tuple[int, ...]:
+    """A seeds param as a tuple: a count n means (0, …, n−1); a list must be distinct integers >= 0."""
+    if isinstance(seeds, int):
+        _check(seeds >= 1, name, "expected a count >= 1 or a list of seeds")
+        return tuple(range(seeds))
+    _check(len(seeds) >= 1, name, "expected a count >= 1 or a non-empty list of seeds")
+    _check(all(s >= 0 for s in seeds), name, "expected seeds >= 0")
+    _check(len(set(seeds)) == len(seeds), name, "expected distinct seeds")
+    return tuple(seeds)
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -70,9 +81,13 @@ class RuntimeConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy: auto | ddp | ddp_spawn | fsdp ...
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | 16-mixed ...
+    # Independent runs (a setting's seeds, ensemble members) done at once in forked workers;
+    # 0 = auto: all of them on one CPU device, one at a time on accelerators (rlhf_lab/parallel.py).
+    parallel_runs: int = 0
 
     def __post_init__(self):
         _check(self.threads >= 0, "threads", "expected an integer >= 0")
+        _check(self.parallel_runs >= 0, "parallel_runs", "expected an integer >= 0")
         _check(self.num_nodes >= 1, "num_nodes", "expected an integer >= 1")
         ok = self.devices == "auto" or isinstance(self.devices, (int, list))
         _check(ok, "devices", "expected an integer, a list of device ids or 'auto'")
@@ -209,6 +224,10 @@ class PPOConfig:
 
     run_name: str = "default"
     seed: int = 0  # added to runtime.seed: repeats of one setting differ only here
+    # The seeds a PPO stage runs for its setting (each one a `seed` above): a count n (seeds
+    # 0 … n−1) or a list of distinct integers >= 0. Normalised to a tuple.
+    seeds: int | tuple[int, ...] = 3
+    reward_condition: Optional[str] = None  # an entry of reward_conditions; None = the first
     iterations: int = 200
     batch_size: int = 64  # prompts (= responses) per iteration, in each data-parallel process
     ppo_epochs: int = 2
@@ -251,6 +270,7 @@ class PPOConfig:
     checkpoint_every: int = 25
 
     def __post_init__(self):
+        object.__setattr__(self, "seeds", seed_list(self.seeds, "seeds"))
         for name in ("iterations", "batch_size", "ppo_epochs", "minibatches", "max_new_tokens",
                      "eval_every", "checkpoint_every", "kl_horizon"):  # fmt: skip
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
@@ -294,11 +314,13 @@ class SweepConfig:
     clip_min: float = 0.05
     clip_max: float = 0.4
     iterations: int = 60  # PPO iterations per trial (other PPO keys come from the ppo section)
-    pruning: bool = True  # median pruner on intermediate gold (single-objective only)
+    seeds: int = 1  # PPO runs per trial (seeds 0 … n−1); the objective is their mean final gold
+    pruning: bool = True  # percentile pruner on intermediate gold (single-objective only)
     sampler_seed: int = 0
 
     def __post_init__(self):
         _check(self.n_trials >= 1, "n_trials", "expected an integer >= 1")
+        _check(self.seeds >= 1, "seeds", "expected an integer >= 1")
         _check(0 < self.beta_min < self.beta_max, "beta_max", "expected 0 < sweep.beta_min < sweep.beta_max")
         _check(0 < self.clip_min < self.clip_max < 1, "clip_max", "expected 0 < clip_min < clip_max < 1")
         _check(self.iterations >= 1, "iterations", "expected an integer >= 1")
@@ -310,7 +332,10 @@ class ReportConfig:
     default_run: str = "beta005"  # the run shown in the training table
     hacking_run: str = "beta0"  # the run whose late samples show hacking
     samples: int = 4  # prompts shown in the reward-hacking table
+    matched_kl: Optional[float] = None  # KL (nats) of the ensemble comparison; None: median KL of the gold peaks
 
+
+CONDITION_SECTIONS = ("preferences", "reward")  # the sections a reward condition may override
 
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
@@ -346,8 +371,30 @@ class Config:
     best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    # Named PPO runs for dvc.yaml's foreach: name -> overrides of the ``ppo`` section.
+    # Named PPO settings for dvc.yaml's foreach: name -> overrides of the ``ppo`` section.
     ppo_runs: dict = field(default_factory=dict)
+    # Reward-model conditions for dvc.yaml's foreach: name -> {"preferences": {...}, "reward": {...}}
+    # overrides; each condition labels its own pairs and trains its own ensemble (for_condition).
+    reward_conditions: dict = field(default_factory=lambda: {"clean": {}})
+
+    def for_condition(self, name: str | None = None) -> "Config":
+        """This config as one reward condition sees it: its overrides applied to the preferences
+        and reward sections, and ``paths.preferences`` / ``paths.reward`` pointing at its own
+        ``<path>/<name>`` folders. ``None`` is ``ppo.reward_condition``, else the first condition."""
+        name = name or self.ppo.reward_condition or next(iter(self.reward_conditions))
+        if name not in self.reward_conditions:
+            defined = ", ".join(self.reward_conditions) or "none"
+            raise ConfigError(f"reward_conditions.{name}: no such condition; defined conditions: {defined}")
+        data = self.to_dict()
+        overrides = self.reward_conditions[name]
+        sections = {}
+        for section in CONDITION_SECTIONS:
+            where = f"reward_conditions.{name}.{section}"
+            sections[section] = section_from_dict(SECTIONS[section], {**data[section], **overrides.get(section, {})}, where)
+        paths = dataclasses.replace(
+            self.paths, preferences=str(Path(self.paths.preferences) / name), reward=str(Path(self.paths.reward) / name)
+        )
+        return dataclasses.replace(self, paths=paths, **sections)
 
     def ppo_run(self, name: str) -> "Config":
         """This config with ``ppo_runs[name]`` applied to the ``ppo`` section and run_name set."""
@@ -364,7 +411,7 @@ class Config:
         """A copy with some keys of some sections changed: ``cfg.replace(ppo={"beta": 0.1})``."""
         data = self.to_dict()
         for section, values in overrides.items():
-            if section == "ppo_runs":
+            if section in NAMED_ENTRIES:
                 data[section] = values
             else:
                 data[section].update(values)
@@ -469,22 +516,44 @@ def section_from_dict(cls: type, data: Any, section: str):
         raise ConfigError(f"{section}.{err.name}: {err.message}, got {got!r}") from None
 
 
+NAMED_ENTRIES = ("ppo_runs", "reward_conditions")  # top-level mappings of named overrides
+
+
 def from_dict(data: Any) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("params.yaml: expected a mapping of sections at the top level")
-    unknown = sorted(set(data) - set(SECTIONS) - {"ppo_runs"})
+    unknown = sorted(set(data) - set(SECTIONS) - set(NAMED_ENTRIES))
     if unknown:
-        allowed = ", ".join([*SECTIONS, "ppo_runs"])
+        allowed = ", ".join([*SECTIONS, *NAMED_ENTRIES])
         raise ConfigError(f"{unknown[0]}: unknown section; allowed sections are: {allowed}")
     cfg = Config(**{s: section_from_dict(cls, data.get(s), s) for s, cls in SECTIONS.items()})
     runs = data.get("ppo_runs") or {}
     if not isinstance(runs, dict) or not all(isinstance(v, dict) for v in runs.values()):
         raise ConfigError("ppo_runs: expected a mapping of run name -> mapping of ppo keys")
-    cfg = dataclasses.replace(cfg, ppo_runs={str(k): dict(v) for k, v in runs.items()})
-    for name in cfg.ppo_runs:
-        cfg.ppo_run(name)  # validate every run's overrides now, before any stage starts
+    conditions = data.get("reward_conditions", {"clean": {}})
+    if not isinstance(conditions, dict) or not conditions:
+        raise ConfigError("reward_conditions: expected a non-empty mapping of condition name -> overrides")
+    for name, overrides in conditions.items():
+        overrides = {} if overrides is None else overrides
+        if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+            raise ConfigError(f"reward_conditions.{name}: expected a mapping of section -> mapping of keys")
+        unknown = sorted(set(overrides) - set(CONDITION_SECTIONS))
+        if unknown:
+            raise ConfigError(f"reward_conditions.{name}.{unknown[0]}: unknown section; a condition overrides "
+                              f"{' and '.join(CONDITION_SECTIONS)}")  # fmt: skip
+        conditions[name] = overrides
+    cfg = dataclasses.replace(cfg, ppo_runs={str(k): dict(v) for k, v in runs.items()},
+                              reward_conditions={str(k): v for k, v in conditions.items()})  # fmt: skip
+    for name in cfg.reward_conditions:
+        cfg.for_condition(name)  # validate every condition's overrides now
+    for name in [None, *cfg.ppo_runs]:  # validate every run's overrides and its reward condition
+        run = cfg.ppo_run(name) if name else cfg
+        if run.ppo.reward_condition is not None and run.ppo.reward_condition not in cfg.reward_conditions:
+            where = f"ppo_runs.{name}" if name else "ppo"
+            raise ConfigError(f"{where}.reward_condition: {run.ppo.reward_condition!r} is not one of "
+                              f"reward_conditions: {', '.join(cfg.reward_conditions)}")  # fmt: skip
     return cfg
 
 

@@ -33,7 +33,7 @@ class Rollout:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     scores: torch.Tensor  # (B,) the training score (objective, penalties, whitening applied)
-    member_scores: torch.Tensor  # (K, B) normalised rewards of every member
+    member_scores: torch.Tensor  # (K, B) normalised rewards of the members the objective reads
     rewards: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
@@ -149,10 +149,10 @@ class PPOModule(pl.LightningModule):
         return logits, values[:, prompt_len - 1 : prompt_len - 1 + R]
 
     @torch.no_grad()
-    def score(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Normalised rewards of every member: (K, B)."""
+    def score(self, seq: torch.Tensor, mask: torch.Tensor, members: int | None = None) -> torch.Tensor:
+        """Normalised rewards of the first ``members`` members (default all): (K, B)."""
         return torch.stack(
-            [normalised(rm, last_token_scores(rm, seq, mask).float()) for rm in self.reward_models]
+            [normalised(rm, last_token_scores(rm, seq, mask).float()) for rm in self.reward_models[:members]]
         )
 
     # ---------------------------------------------------------------- 1-4: experience
@@ -195,7 +195,9 @@ class PPOModule(pl.LightningModule):
         ref_logprobs, kl_exact = self.reference_logprobs(seq, seq_mask, response_ids, distributions)
         P = seq.shape[1] - response_ids.shape[1]
         _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
-        return ref_logprobs, values, self.score(seq, seq_mask), kl_exact
+        # The single objective reads member 0 only: the other members' passes are left to the evaluations.
+        members = 1 if self.cfg.reward_objective == "single" else None
+        return ref_logprobs, values, self.score(seq, seq_mask, members), kl_exact
 
     @torch.no_grad()
     def reference_logprobs(self, seq: torch.Tensor, seq_mask: torch.Tensor, response_ids: torch.Tensor,
@@ -280,7 +282,7 @@ class PPOModule(pl.LightningModule):
         mask = ro.samples.response_mask
         stats.update({
             "ppo/score": ro.scores.mean().item(),
-            "ppo/proxy": ro.member_scores.mean().item(),
+            "ppo/proxy": ro.member_scores.mean().item(),  # the members scored: member 0 for `single`
             "ppo/kl": (pm.kl_k1(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item(),
             "ppo/kl_k3": (pm.kl_k3(ro.logprobs, ro.ref_logprobs) * mask).sum(1).mean().item(),
             **({"ppo/kl_exact": ro.kl_exact.sum(1).mean().item()} if ro.kl_exact is not None else {}),

@@ -76,22 +76,51 @@ def test_ppo_raises_a_toy_reward_with_finite_kl():
 @pytest.fixture(scope="module")
 def ppo_cfg(tiny_cfg, reward_stage):
     return tiny_cfg.replace(ppo={"iterations": 4, "batch_size": 16, "eval_every": 2, "checkpoint_every": 2,
-                                 "max_new_tokens": 16, "reward_objective": "mean"})
+                                 "max_new_tokens": 16, "reward_objective": "mean", "seeds": [0, 3]})
 
 
-def test_ppo_stage_writes_history_and_metrics(ppo_cfg):
+def test_ppo_stage_runs_every_seed_side_by_side_and_summarises(ppo_cfg):
     from pipelines import ppo
 
-    metrics = ppo.run(ppo_cfg)
+    metrics = ppo.run(ppo_cfg)  # two forked workers (this process has computed: forkserver)
     out = Path(ppo_cfg.paths.ppo) / "default"
-    frame = pd.read_csv(out / "eval_history.csv")
-    assert list(frame["step"]) == [0, 2, 4]
-    assert {"step", "kl", "gold", "proxy", "proxy_0", "proxy_1", "disagreement"} <= set(frame.columns)
-    assert frame["kl"].iloc[0] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
-    assert {"gold_peak", "gold_final", "proxy_final", "kl_final"} <= set(metrics)
-    assert metrics["gold_final"] == pytest.approx(frame["gold"].iloc[-1])
-    assert (out / "policy" / "model.safetensors").is_file()
+    finals = {}
+    for seed in (0, 3):
+        seed_out = out / "seeds" / f"seed_{seed}"
+        frame = pd.read_csv(seed_out / "eval_history.csv")
+        assert list(frame["step"]) == [0, 2, 4]
+        assert {"step", "kl", "gold", "proxy", "proxy_0", "proxy_1", "disagreement"} <= set(frame.columns)
+        assert frame["kl"].iloc[0] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
+        seed_metrics = json.loads((seed_out / "metrics.json").read_text())
+        assert seed_metrics["gold_final"] == pytest.approx(frame["gold"].iloc[-1])
+        assert (seed_out / "policy" / "model.safetensors").is_file()
+        finals[seed] = seed_metrics["gold_final"]
+        row = json.loads((seed_out / "final_samples.jsonl").read_text().splitlines()[0])
+        assert len(row["members"]) == 2  # every member's score of every final sample
+    # Seeds differ in sampling and data order: different runs; the summary is their mean and t interval.
+    assert finals[0] != finals[3]
+    summary = metrics["gold_final"]
+    assert summary["n"] == 2 and summary["mean"] == pytest.approx((finals[0] + finals[3]) / 2)
+    half = 12.706205 * abs(finals[0] - finals[3]) / 2  # t_{1, 0.975} · s/√2 with s = |a − b|/√2
+    assert summary["ci_high"] - summary["mean"] == pytest.approx(half, rel=1e-5)
+    assert json.loads((out / "metrics.json").read_text())["seeds"]["3"]["gold_final"] == finals[3]
+    assert sorted(pd.read_csv(out / "eval_history.csv")["seed"].unique()) == [0, 3]
     assert not (Path(ppo_cfg.paths.ppo) / ".checkpoints" / "default").exists()
+
+
+def test_a_seed_is_reproducible_in_a_worker_and_in_process(ppo_cfg, tmp_path):
+    """Side by side or not, the same seed gives the same run: the worker changes nothing but threads."""
+    from pipelines import ppo
+
+    cfg = ppo_cfg.replace(ppo={"seed": 3, "run_name": "again"}, runtime={"threads": 1})  # a worker's thread count
+    threads = torch.get_num_threads()
+    try:
+        in_process = ppo.train(cfg.for_condition(), tmp_path / "again")
+    finally:
+        torch.set_num_threads(threads)
+    side_by_side = json.loads((Path(ppo_cfg.paths.ppo) / "default" / "seeds" / "seed_3" / "metrics.json").read_text())
+    assert in_process["gold_final"] == pytest.approx(side_by_side["gold_final"], abs=1e-6)
+    assert in_process["kl_final"] == pytest.approx(side_by_side["kl_final"], rel=1e-4)
 
 
 class Crash(Callback):
@@ -111,16 +140,17 @@ class FirstStep(Callback):
 def test_killed_run_resumes_where_it_stopped(ppo_cfg):
     from pipelines import ppo
 
-    cfg = ppo_cfg.replace(ppo={"run_name": "resumed"})
+    cfg = ppo_cfg.replace(ppo={"run_name": "resumed"}).for_condition()
+    out = Path(cfg.paths.ppo) / "resumed"
     steps_per_iteration = cfg.ppo.ppo_epochs * cfg.ppo.minibatches
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ppo.run(cfg, callbacks=[Crash(at_step=3 * steps_per_iteration)])
-    assert not (Path(cfg.paths.ppo) / "resumed").exists()  # no half-written run folder
+        ppo.train(cfg, out, callbacks=[Crash(at_step=3 * steps_per_iteration)])
+    assert not out.exists()  # no half-written run folder
     first = FirstStep()
-    metrics = ppo.run(cfg, callbacks=[first])
+    metrics = ppo.train(cfg, out, callbacks=[first])
     assert first.step == 2 * steps_per_iteration  # restarted from the iteration-2 checkpoint
     assert metrics["steps"] == 4
-    frame = pd.read_csv(Path(cfg.paths.ppo) / "resumed" / "eval_history.csv")
+    frame = pd.read_csv(out / "eval_history.csv")
     assert list(frame["step"]) == [0, 2, 4]
 
 

@@ -15,7 +15,7 @@ from rlhf_lab.reward_model import last_token_scores
 
 
 def test_preference_pairs_follow_the_convention(tiny_cfg, preferences_stage):
-    rows = read_jsonl(Path(tiny_cfg.paths.preferences) / "train.jsonl", required=("prompt", "chosen", "rejected"))
+    rows = read_jsonl(Path(tiny_cfg.for_condition().paths.preferences) / "train.jsonl", required=("prompt", "chosen", "rejected"))
     assert len(rows) == 1000
     assert all(r["chosen"] != r["rejected"] for r in rows)
     # Noise-free, deterministic labels: chosen never has the lower gold.
@@ -26,15 +26,15 @@ def test_reward_ensemble_beats_chance_clearly(tiny_cfg, reward_stage):
     for name in ("member_0", "member_1", "ensemble"):
         assert reward_stage[name]["rm/accuracy"] > 0.65, (name, reward_stage[name])
         assert reward_stage[name]["rm/spearman_sft"] > 0.3
-    saved = json.loads((Path(tiny_cfg.paths.reward) / "metrics.json").read_text())
+    saved = json.loads((Path(tiny_cfg.for_condition().paths.reward) / "metrics.json").read_text())
     assert saved["ensemble"]["rm/accuracy"] == reward_stage["ensemble"]["rm/accuracy"]
 
 
 def test_member_loads_with_plain_transformers_and_is_normalised(tiny_cfg, reward_stage):
-    path = Path(tiny_cfg.paths.reward) / "member_1"
+    path = Path(tiny_cfg.for_condition().paths.reward) / "member_1"
     model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
-    rows = read_jsonl(Path(tiny_cfg.paths.preferences) / "sft_samples.jsonl")
+    rows = read_jsonl(Path(tiny_cfg.for_condition().paths.preferences) / "sft_samples.jsonl")
     texts = [f"{r['prompt']} {r['response']}" for r in rows]
     ids, mask = encode_texts(tok, texts, 64, [r["ended"] for r in rows])
     with torch.no_grad():
@@ -46,10 +46,10 @@ def test_member_loads_with_plain_transformers_and_is_normalised(tiny_cfg, reward
 
 
 def test_members_differ_and_are_nested_runs_in_mlflow(tiny_cfg, reward_stage):
-    a = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.paths.reward) / "member_0"))
-    b = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.paths.reward) / "member_1"))
+    a = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.for_condition().paths.reward) / "member_0"))
+    b = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.for_condition().paths.reward) / "member_1"))
     assert not torch.equal(a.score.weight, b.score.weight)
-    parent = (Path(tiny_cfg.paths.reward) / "mlflow_run_id").read_text().strip()
+    parent = (Path(tiny_cfg.for_condition().paths.reward) / "mlflow_run_id").read_text().strip()
     mlflow.set_tracking_uri(tiny_cfg.tracking.tracking_uri)
     runs = mlflow.search_runs(
         experiment_names=[tiny_cfg.tracking.experiment],
@@ -69,7 +69,7 @@ def test_external_preference_dataset_with_a_malformed_line(tmp_path, tiny_cfg, r
     cfg = tiny_cfg.replace(reward={"dataset": str(path)}, paths={"reward": str(tmp_path / "rm")})
     with pytest.raises(DataError, match=r"prefs.jsonl:2: missing string field 'rejected'"):
         reward.run(cfg)
-    assert not (tmp_path / "rm").exists()  # nothing half-written
+    assert not (tmp_path / "rm" / "clean").exists()  # nothing half-written
 
 
 def test_external_preference_dataset_trains(tmp_path, tiny_cfg, reward_stage):

@@ -33,21 +33,29 @@ def test_gold_pruning_prunes_a_trial_below_the_median():
     assert callback.reported == 2
 
 
+NOISY = {"preferences": {"flip_fraction": 0.25}, "reward": {"bootstrap": True, "scaling_pairs": []}}
+
+
 @pytest.fixture(scope="module")
 def experiment_cfg(tiny_cfg, reward_stage):
     return tiny_cfg.replace(
-        ppo={"iterations": 4, "batch_size": 16, "eval_every": 2, "max_new_tokens": 16},
-        ppo_runs={"beta0": {"beta": 0.0}, "beta01": {"beta": 0.1}, "beta0_wco": {"beta": 0.0, "reward_objective": "wco"}},
+        ppo={"iterations": 4, "batch_size": 16, "eval_every": 2, "max_new_tokens": 16, "seeds": 2},
+        ppo_runs={"beta0": {"beta": 0.0}, "beta01": {"beta": 0.1}, "beta0_wco": {"beta": 0.0, "reward_objective": "wco"},
+                  "noisy_beta0": {"beta": 0.0, "reward_condition": "noisy"},
+                  "noisy_beta0_wco": {"beta": 0.0, "reward_objective": "wco", "reward_condition": "noisy"}},
+        reward_conditions={"clean": {}, "noisy": NOISY},
         best_of_n={"prompts": 8, "samples_per_prompt": 16, "max_n": 8},
-        sweep={"n_trials": 3, "iterations": 4},
+        sweep={"n_trials": 3, "iterations": 4, "seeds": 2},
         report={"default_run": "beta01", "hacking_run": "beta0", "samples": 2},
     )
 
 
 @pytest.fixture(scope="module")
 def experiment(experiment_cfg):
-    from pipelines import best_of_n, ppo, report, sweep
+    from pipelines import best_of_n, ppo, preferences, report, reward, sweep
 
+    preferences.run(experiment_cfg, condition="noisy")  # the clean condition is the session's reward_stage
+    reward.run(experiment_cfg, condition="noisy")
     for name in experiment_cfg.ppo_runs:
         ppo.run(experiment_cfg, run_name=name)
     bon = best_of_n.run(experiment_cfg)
@@ -59,9 +67,15 @@ def test_best_of_n_stage(experiment_cfg, experiment):
     bon = pd.read_csv(Path(experiment_cfg.paths.best_of_n) / "bon.csv")
     assert sorted(bon["n"].unique()) == [1, 2, 4, 8]
     assert set(bon["objective"]) == {"single", "mean", "wco", "uwo", "oracle"}
-    oracle = bon[bon["objective"] == "oracle"].set_index("n")["gold"]
-    assert oracle.is_monotonic_increasing  # best-of-n by gold itself can only improve gold
+    assert set(bon["condition"]) == {"clean", "noisy"}
+    for _, rows in bon.groupby("condition"):
+        oracle = rows[rows["objective"] == "oracle"].set_index("n")["gold"]
+        assert oracle.is_monotonic_increasing  # best-of-n by gold itself can only improve gold
     assert (bon["kl_exact"] <= bon["kl_bound"] + 1e-9).all()
+    assert (bon["gold_ci_low"] <= bon["gold"]).all() and (bon["gold"] <= bon["gold_ci_high"]).all()
+    # The same samples, different rankers: n = 1 (no choice) has the same gold under every objective.
+    first = bon[bon["n"] == 1]["gold"]
+    assert first.max() - first.min() < 1e-9
 
 
 def test_sweep_stage(experiment_cfg, experiment):
@@ -72,30 +86,56 @@ def test_sweep_stage(experiment_cfg, experiment):
     assert trials["params_beta"].between(experiment_cfg.sweep.beta_min, experiment_cfg.sweep.beta_max).all()
     study = optuna.load_study(study_name=experiment_cfg.sweep.study_name, storage=metrics["sweep.storage"])
     assert len(study.trials) == 3
+    assert study.metric_names == ["gold_final"]  # what optuna-dashboard labels the objective
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:  # the objective is the mean over sweep.seeds
+            finals = [json.loads((Path(experiment_cfg.paths.sweep) / "trials" / f"trial_{trial.number}" / f"seed_{s}"
+                                  / "metrics.json").read_text())["gold_final"] for s in (0, 1)]  # fmt: skip
+            assert trial.value == pytest.approx(sum(finals) / 2)
+            assert trial.user_attrs["gold_final_se"] == pytest.approx(abs(finals[0] - finals[1]) / 2)
     import mlflow
 
     mlflow.set_tracking_uri(experiment_cfg.tracking.tracking_uri)
     nested = mlflow.search_runs(experiment_names=[experiment_cfg.tracking.experiment], output_format="list",
                                 filter_string=f"tags.mlflow.parentRunId = '{study.user_attrs['mlflow_run_id']}'")
-    assert len(nested) == 3  # every trial is a run nested under the study's run
+    assert len(nested) == 6  # every trial's seeds are runs nested under the study's run
 
 
 def test_report_stage(experiment_cfg, experiment):
     *_, metrics = experiment
     out = Path(experiment_cfg.paths.report)
-    for key in ("overopt.rl.alpha", "overopt.rl.beta", "overopt.rl.r2", "overopt.bon.alpha", "overopt.bon.beta",
-                "overopt.bon.r2", "ensemble.single.gold_drop", "ensemble.wco.gold_drop", "sweep.best.beta",
-                "sweep.best.clip_eps", "sweep.n_trials"):
+    for key in ("overopt.rl.alpha", "overopt.rl.beta", "overopt.rl.r2", "overopt.rl.n_seeds", "overopt.rl.alpha_ci",
+                "overopt.rl.beta_ci", "overopt.bon.alpha", "overopt.bon.beta", "overopt.bon.r2",
+                "ensemble.single.gold_drop", "ensemble.wco.gold_drop", "sweep.best.beta", "sweep.best.clip_eps",
+                "sweep.n_trials"):  # fmt: skip
         assert key in metrics, key
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["sweep.n_trials"] == 3
-    # The report's numbers are the runs' numbers.
-    beta0 = json.loads((Path(experiment_cfg.paths.ppo) / "beta0" / "metrics.json").read_text())
-    assert saved["ensemble.single.gold_drop"] == pytest.approx(beta0["gold_peak"] - beta0["gold_final"])
+    assert saved["overopt.rl.n_seeds"] == 2 and len(saved["overopt.rl.alpha_ci"]) == 2
+    # The report's numbers are the runs' numbers: the mean over seeds and its Student t interval.
+    runs = Path(experiment_cfg.paths.ppo)
+    for condition, prefix in (("clean", ""), ("noisy", "noisy_")):
+        drops = {}
+        for objective, setting in (("single", f"{prefix}beta0"), ("wco", f"{prefix}beta0_wco")):
+            seeds = [json.loads((runs / setting / "seeds" / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
+            drops[objective] = [m["gold_peak"] - m["gold_final"] for m in seeds]
+            key = f"ensemble.{condition}.{objective}.gold_drop"
+            assert saved[f"{key}.n"] == 2
+            assert saved[f"{key}.mean"] == pytest.approx(sum(drops[objective]) / 2)
+        diff = saved[f"ensemble.{condition}.wco.vs_single.diff"]
+        assert diff == pytest.approx(sum(drops["wco"]) / 2 - sum(drops["single"]) / 2)
+        assert saved[f"ensemble.{condition}.wco.vs_single.ci_low"] <= diff <= saved[f"ensemble.{condition}.wco.vs_single.ci_high"]
+        assert 0 <= saved[f"ensemble.{condition}.wco.vs_single.p"] <= 1
+        assert f"ensemble.{condition}.single.vs_single.diff" not in saved
+    assert saved["ensemble.single.gold_drop"] == saved["ensemble.clean.single.gold_drop.mean"]
+    for beta in ("0", "0.1"):
+        assert saved[f"beta.{beta}.gold_final.n"] == 2
+        assert saved[f"beta.{beta}.gold_final.ci_low"] <= saved[f"beta.{beta}.gold_final.mean"]
     page = (out / "report.html").read_text()
     for heading in ("1. Over-optimisation", "2. Reward-model ensembles", "3. β ablation", "4. Training table",
-                    "5. Reward hacking", "6. Reward-model quality", "7. Optuna study"):
-        assert heading in page
+                    "5. Reward hacking", "6. Reward-model quality", "7. Optuna study", "Statistics.",
+                    "What the data support", "at the 5 % level", "importances are not shown: 3 complete trials"):
+        assert heading in page, heading
     assert page.count("data:image/png;base64,") == 6 and "http" not in page.split("<body>")[1].split("Optuna")[0]
     for name in ("ppo_curves.csv", "best_of_n.csv", "beta_ablation.csv"):
         assert (out / "plots" / name).is_file()

@@ -1,0 +1,147 @@
+"""Intervals and tests for the report's comparisons: over seeds (PPO runs) or prompts (best-of-n).
+
+Pure functions of arrays (numpy/scipy only). The methods, as the report states them:
+
+- a level over seeds: mean ± Student t interval, t_{n−1} · s / √n (:func:`t_interval`);
+- a difference between two settings: Welch's t (unequal variances) for the interval and the
+  p-value (:func:`welch_difference`), with an exact permutation p-value beside it
+  (:func:`permutation_p`); seeds are treated as independent (runs share a seed's first batch,
+  then diverge);
+- anything that is not a mean (a fitted coefficient): a percentile bootstrap that resamples whole
+  groups, e.g. seeds with all their points (:func:`group_bootstrap`);
+- a mean over prompts: a percentile bootstrap over prompts (:func:`bootstrap_mean_interval`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean (or point estimate) with its interval and the number of values behind it."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] (n={self.n})"
+
+
+def _finite(values) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    return values[np.isfinite(values)]
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean ± t_{n−1, (1+level)/2} · s/√n over the finite values; with one value the bounds are NaN."""
+    x = _finite(values)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) − mean(b) with Welch's interval and two-sided p-value, and a permutation p-value."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    p: float
+    p_permutation: float
+    n_a: int
+    n_b: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Difference:
+    """Difference of means with Welch's t interval and p-value (two-sided), plus the exact
+    permutation p-value of :func:`permutation_p`. NaN where either side has fewer than 2 values."""
+    x, y = _finite(a), _finite(b)
+    diff = float(x.mean() - y.mean()) if len(x) and len(y) else math.nan
+    if len(x) < 2 or len(y) < 2:
+        return Difference(diff, math.nan, math.nan, math.nan, math.nan, len(x), len(y))
+    if np.var(x) == 0 and np.var(y) == 0:  # no spread at all: Welch's t is undefined
+        p = 1.0 if diff == 0 else 0.0
+        return Difference(diff, diff, diff, p, permutation_p(x, y), len(x), len(y))
+    result = stats.ttest_ind(x, y, equal_var=False)
+    ci = result.confidence_interval(confidence_level=level)
+    return Difference(diff, float(ci.low), float(ci.high), float(result.pvalue), permutation_p(x, y),
+                      len(x), len(y))  # fmt: skip
+
+
+def permutation_p(a: Sequence[float], b: Sequence[float], paired: bool = False, n_resamples: int = 9999,
+                  seed: int = 0) -> float:  # fmt: skip
+    """Two-sided permutation p-value of the difference of means.
+
+    Unpaired: the group labels are permuted; paired (``a[i]`` with ``b[i]``): the signs of the
+    differences are flipped. Exact (every arrangement) when there are at most ``n_resamples`` of
+    them, as with a few seeds: 3 vs 3 has 20 arrangements, so its smallest p-value is 0.1.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if paired:
+        if len(x) != len(y):
+            raise ValueError(f"paired samples need equal lengths, got {len(x)} and {len(y)}")
+        result = stats.permutation_test((x - y,), np.mean, permutation_type="samples",
+                                        n_resamples=n_resamples, rng=seed)  # fmt: skip
+    else:
+        statistic = lambda u, v: np.mean(u) - np.mean(v)  # noqa: E731
+        result = stats.permutation_test((x, y), statistic, permutation_type="independent",
+                                        n_resamples=n_resamples, rng=seed)  # fmt: skip
+    return float(result.pvalue)
+
+
+def bootstrap_mean_interval(values: Sequence[float], level: float = LEVEL, n_resamples: int = 2000,
+                            seed: int = 0) -> Interval:  # fmt: skip
+    """The mean with a percentile-bootstrap interval (e.g. over prompts)."""
+    x = _finite(values)
+    if len(x) < 2:
+        return Interval(float(x.mean()) if len(x) else math.nan, math.nan, math.nan, len(x))
+    if np.all(x == x[0]):
+        return Interval(float(x[0]), float(x[0]), float(x[0]), len(x))
+    result = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples,
+                             method="percentile", rng=seed)  # fmt: skip
+    ci = result.confidence_interval
+    return Interval(float(x.mean()), float(ci.low), float(ci.high), len(x))
+
+
+def group_bootstrap(groups: Sequence, statistic: Callable[[list], Sequence[float]], level: float = LEVEL,
+                    n_resamples: int = 1000, seed: int = 0) -> np.ndarray:  # fmt: skip
+    """Percentile intervals of a statistic of several groups, resampling whole groups.
+
+    ``statistic(list_of_groups)`` returns a vector; each resample draws len(groups) groups with
+    replacement. Returns (len(vector), 2) rows of [low, high]. A resample where the statistic
+    fails (e.g. a fit that does not converge) is dropped.
+    """
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_resamples):
+        pick = rng.integers(len(groups), size=len(groups))
+        try:
+            draws.append(np.asarray(statistic([groups[i] for i in pick]), dtype=np.float64))
+        except (RuntimeError, ValueError, np.linalg.LinAlgError):
+            continue
+    if not draws:
+        raise ValueError("group_bootstrap: the statistic failed on every resample")
+    tail = (1 - level) / 2 * 100
+    return np.percentile(np.stack(draws), [tail, 100 - tail], axis=0).T
