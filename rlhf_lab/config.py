@@ -81,7 +81,7 @@ class RuntimeConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy: auto | ddp | ddp_spawn | fsdp ...
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | 16-mixed ...
-    # Independent runs (a setting's seeds, ensemble members) done at once in forked workers;
+    # Independent runs (a PPO setting's seeds) done at once in forked workers;
     # 0 = auto: all of them on one CPU device, one at a time on accelerators (rlhf_lab/parallel.py).
     parallel_runs: int = 0
 

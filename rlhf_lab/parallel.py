@@ -1,9 +1,9 @@
 """Independent runs side by side: forked worker processes, a few torch threads each.
 
 The tiny models of the built-in task leave a 2-core CPU mostly idle inside one run (kernel launch
-and Python overhead dominate), so two single-thread runs side by side finish ≈ 1.6–1.8× sooner than
-the same runs one after another with two threads each. Workers are forked from the stage process,
-so they share its imports (≈ 10 s each) instead of paying them again.
+and Python overhead dominate), so single-thread runs side by side finish ≈ 1.6–1.8× sooner than the
+same runs one after another with two threads each. Workers are forked from the stage process before
+it does any torch work, so they share its imports (≈ 10 s each) instead of paying them again.
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ class Plan:
 def plan(runtime: RuntimeConfig, jobs: int, cpus: int | None = None) -> Plan:
     """How many runs to do at once and with how many threads each.
 
-    ``runtime.parallel_runs`` (0 = auto) caps the workers; auto means one worker per job on a
-    single CPU device, with the cores shared out (at least one thread each: 3 runs on 2 cores still
-    beat 2 + 1, the cores stay busy to the end). Accelerators and multi-process strategies run one
-    job at a time: each run already owns every device it was given.
+    ``runtime.parallel_runs`` (0 = auto) caps the workers. Auto, on a single CPU device: one worker
+    per job up to one more than the cores (3 runs on 2 cores, one thread each, beat 2 + 1: the cores
+    stay busy to the end, and while a worker loads models or writes files), the cores shared out.
+    Accelerators and multi-process strategies run one job at a time: each run already owns every
+    device it was given.
     """
     cpus = cpus or os.cpu_count() or 1
     single_cpu = runtime.accelerator == "cpu" and runtime.devices == 1 and runtime.num_nodes == 1
     if runtime.parallel_runs:
         workers = runtime.parallel_runs
     else:
-        workers = jobs if single_cpu else 1
+        workers = min(jobs, cpus + 1) if single_cpu else 1
     workers = max(1, min(workers, jobs))
     threads = runtime.threads or max(1, cpus // workers)
     return Plan(workers, threads)
@@ -47,24 +48,29 @@ def plan(runtime: RuntimeConfig, jobs: int, cpus: int | None = None) -> Plan:
 def _os_threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
-    except OSError:  # not Linux: count as "threads started", so forkserver is used
+    except OSError:  # not Linux: never counted as safe to fork
         return 1 << 30
 
 
-# The threads this process has once its modules are imported (importing torch starts a few).
-_THREADS_AT_IMPORT = _os_threads()
+_fork_safe_threads: int | None = None  # the thread count when mark_fork_safe was called
 
 
-def start_method() -> str:
-    """``fork`` while no thread has started since the imports, else ``forkserver``.
+def mark_fork_safe() -> None:
+    """Called by a stage's entry point before any work: this process may fork workers while no
+    thread has started since (see :func:`fork_is_safe`)."""
+    global _fork_safe_threads
+    _fork_safe_threads = _os_threads()
+
+
+def fork_is_safe() -> bool:
+    """True in a stage process that has started no thread since :func:`mark_fork_safe`.
 
     fork copies only the calling thread, so a child can inherit a lock or thread pool half-held by
-    a thread that is not there: torch's OpenMP pool, started by the first parallel op, then hangs
-    the child's first parallel op. A stage process forks before any torch work (fast: the child
-    shares the imports); a process that already computed (a test session, a notebook) forks from a
-    clean server process instead, which imports the job's module once.
+    a thread that is not there: torch's OpenMP pool, which starts (adding threads) at the first
+    parallel op, then hangs the child's first parallel op. A stage forks its workers before any
+    torch work; a process that has computed (a test session, a notebook) runs its jobs in turn.
     """
-    return "fork" if _os_threads() <= _THREADS_AT_IMPORT else "forkserver"
+    return _fork_safe_threads is not None and _os_threads() <= _fork_safe_threads
 
 
 class WorkerError(Exception):
@@ -83,10 +89,7 @@ def _forget_inherited_connections() -> None:
 def _child(fn: Callable, job: Any, threads: int, conn) -> None:
     import torch
 
-    from rlhf_lab.stage import configure_environment
-
     _forget_inherited_connections()
-    configure_environment()  # a forkserver child starts from a fresh interpreter
     torch.set_num_threads(threads)
     try:
         conn.send(("ok", fn(job)))
@@ -101,20 +104,17 @@ def _child(fn: Callable, job: Any, threads: int, conn) -> None:
 def run_side_by_side(fn: Callable[[Any], Any], jobs: Sequence[Any], workers_plan: Plan) -> list:
     """``[fn(job) for job in jobs]``, ``workers_plan.workers`` at a time in forked processes.
 
-    ``fn`` is a module-level function and each job picklable (forkserver sends them); results come
-    back in job order. The first failure stops the rest: a UserError is raised again
+    Results come back in job order; where forking is not safe (:func:`fork_is_safe`) the jobs run
+    here, one after another, with ``workers_plan.threads`` threads. The first failure stops the rest: a UserError is raised again
     here as a UserError (one line for the user), anything else as a WorkerError with the
     worker's traceback. Ctrl-C ends every worker.
     """
-    if workers_plan.workers == 1:
+    if workers_plan.workers == 1 or not fork_is_safe():
         import torch
 
         torch.set_num_threads(workers_plan.threads)
         return [fn(job) for job in jobs]
-    method = start_method()
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload([fn.__module__])
+    ctx = mp.get_context("fork")
     results: list = [None] * len(jobs)
     pending = list(enumerate(jobs))
     running: dict = {}  # reader connection -> (index, process)

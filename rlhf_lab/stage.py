@@ -155,6 +155,9 @@ def stage_main(run: Callable[..., dict], description: str, options: dict[str, st
     args = vars(parser.parse_args())
     params = args.pop("params")
     configure_environment()
+    from rlhf_lab import parallel
+
+    parallel.mark_fork_safe()  # nothing has computed yet: the stage may fork its independent runs
     try:
         cfg = config_lib.load(params)
         metrics = run(cfg, **args)

@@ -23,7 +23,7 @@ def test_repo_params_load_and_match_defaults_shape():
     assert isinstance(cfg, Config)
     # Every key the file sets is a real field (no silent typos) — load() would have raised.
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(data) <= set(config.SECTIONS) | {"ppo_runs"}
+    assert set(data) <= set(config.SECTIONS) | set(config.NAMED_ENTRIES)
 
 
 def test_dvc_yaml_declares_only_existing_params():
@@ -50,6 +50,20 @@ def test_dvc_yaml_declares_only_existing_params():
         ("task:\n  negation_prob: 1.5\n", "task.negation_prob: expected a probability in [0, 1], got 1.5"),
         ("sft: [1, 2]\n", "sft: expected a mapping of keys"),
         ("sft:\n  lr: [0.1\n", "not valid YAML (line"),
+        ("ppo:\n  seeds: []\n", "ppo.seeds: expected a count >= 1 or a non-empty list of seeds, got ()"),
+        ("ppo:\n  seeds: 0\n", "ppo.seeds: expected a count >= 1 or a list of seeds, got 0"),
+        ("ppo:\n  seeds: [0, -1]\n", "ppo.seeds: expected seeds >= 0, got (0, -1)"),
+        ("ppo:\n  seeds: [1, 2, 1]\n", "ppo.seeds: expected distinct seeds, got (1, 2, 1)"),
+        ("ppo:\n  seeds: three\n", "ppo.seeds: expected an integer or a list of an integer, got 'three'"),
+        ("ppo_runs:\n  a: {seeds: [3, 3]}\n", "ppo_runs.a.seeds: expected distinct seeds"),
+        ("ppo:\n  reward_condition: dirty\n", "ppo.reward_condition: 'dirty' is not one of reward_conditions: clean"),
+        ("ppo_runs:\n  a: {reward_condition: noisy}\n", "ppo_runs.a.reward_condition: 'noisy' is not one of"),
+        ("reward_conditions:\n  noisy: {prefs: {flip_fraction: 0.2}}\n",
+         "reward_conditions.noisy.prefs: unknown section; a condition overrides preferences and reward"),
+        ("reward_conditions:\n  noisy: {preferences: {flip_fraction: 0.9}}\n",
+         "reward_conditions.noisy.preferences.flip_fraction: expected a fraction in [0, 0.5], got 0.9"),
+        ("reward_conditions: {}\n", "reward_conditions: expected a non-empty mapping"),
+        ("sweep:\n  seeds: 0\n", "sweep.seeds: expected an integer >= 1, got 0"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
@@ -133,3 +147,26 @@ def test_stages_are_offline_unless_the_user_says_otherwise(user_setting, offline
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(offline)
+
+
+def test_a_reward_condition_overrides_its_sections_and_has_its_own_folders():
+    cfg = config.from_dict({
+        "reward_conditions": {"clean": {}, "noisy": {"preferences": {"flip_fraction": 0.25}, "reward": {"bootstrap": True}}},
+        "ppo_runs": {"a": {"reward_condition": "noisy"}, "b": {}},
+    })  # fmt: skip
+    noisy = cfg.for_condition("noisy")
+    assert (noisy.paths.preferences, noisy.paths.reward) == ("data/preferences/noisy", "models/reward/noisy")
+    assert noisy.preferences.flip_fraction == 0.25 and noisy.reward.bootstrap
+    assert noisy.preferences.pairs == cfg.preferences.pairs  # the rest as in params.yaml
+    assert cfg.for_condition().paths.reward == "models/reward/clean"  # the first condition
+    assert cfg.ppo_run("a").for_condition().paths.reward == "models/reward/noisy"  # the run's own
+    assert cfg.ppo_run("b").for_condition().reward.bootstrap is False
+    with pytest.raises(ConfigError, match="reward_conditions.dirty: no such condition; defined conditions: clean, noisy"):
+        cfg.for_condition("dirty")
+
+
+def test_seeds_are_a_count_or_a_list():
+    assert config.from_dict({"ppo": {"seeds": 3}}).ppo.seeds == (0, 1, 2)
+    assert config.from_dict({"ppo": {"seeds": [4, 7]}}).ppo.seeds == (4, 7)
+    cfg = config.from_dict({"ppo_runs": {"five": {"seeds": 5}}})
+    assert cfg.ppo_run("five").ppo.seeds == (0, 1, 2, 3, 4) and cfg.ppo.seeds == (0, 1, 2)
