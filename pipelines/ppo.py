@@ -226,6 +226,7 @@ def run(cfg: Config, run_name: str | None = None) -> dict:
     with replacing_dir(Path(cfg.paths.ppo) / name) as out:
         jobs = [(cfg.replace(ppo={"seed": s}, runtime=runtime), out / "seeds" / f"seed_{s}") for s in seeds]
         per_seed = dict(zip(seeds, parallel.run_side_by_side(train_job, jobs, workers)))
+        shutil.rmtree(Path(cfg.paths.ppo) / ".checkpoints" / name, ignore_errors=True)  # every seed is done
         histories = [pd.read_csv(out / "seeds" / f"seed_{s}" / "eval_history.csv").assign(seed=s) for s in seeds]
         pd.concat(histories, ignore_index=True).to_csv(out / "eval_history.csv", index=False)
         metrics = seed_summary(per_seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,9 @@ def _create_or_load(cfg: Config, storage: str, study_name: str) -> optuna.Study:
         study = optuna.create_study(study_name=study_name, storage=storage, directions=["maximize", "minimize"],
                                     sampler=sampler, load_if_exists=True)  # fmt: skip
     # Named objectives: optuna-dashboard shows "gold_final" (and "kl_final"), not "Objective 0".
-    study.set_metric_names(METRIC_NAMES[s.objective])
+    with warnings.catch_warnings():  # "experimental since 3.2": stable in practice, and known here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRIC_NAMES[s.objective])
     return study
 
 

@@ -66,7 +66,9 @@ def test_ppo_raises_a_toy_reward_with_finite_kl():
     assert last > first + 1.0, (first, last)
     assert all(torch.isfinite(torch.tensor(history.kls)))
     assert history.kls[-1] > 0
-    assert min(history.exact_kls) >= 0 and history.exact_kls[-1] > 0  # logged every iteration (vocabulary 8)
+    # Logged every iteration (vocabulary 8); ≥ 0 up to float rounding (at step 0 policy = reference,
+    # read through the KV cache on one side and a full forward on the other).
+    assert min(history.exact_kls) >= -1e-6 and history.exact_kls[-1] > 0
     # The frozen reference did not move; the policy did.
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(value, ref_before[key])

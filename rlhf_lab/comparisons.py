@@ -1,0 +1,124 @@
+"""The report's comparisons over seeds (pandas around :mod:`rlhf_lab.stats`): curves as bands at the
+shared evaluation steps, each ensemble objective against the single reward model, the sentences that
+say which differences the data support, and the members' agreement on hacked samples.
+
+Inputs are the report's frames: ``runs`` (one row per PPO run: setting, condition, beta, objective,
+adaptive, seed, path and its metrics) and ``hist`` (every run's evaluation rows with the same keys).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rlhf_lab.analysis import value_at_kl
+from rlhf_lab.data import read_jsonl
+from rlhf_lab.stats import Difference, Interval, t_interval, welch_difference
+
+OBJECTIVE_NAMES = {"single": "single RM", "mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted"}
+
+
+def seed_band(hist: pd.DataFrame, y: str, x: str = "d") -> pd.DataFrame:
+    """Per setting and shared evaluation step: mean x, and mean y with its 95 % t interval over seeds."""
+    rows = []
+    for (setting, step), group in hist.groupby(["setting", "step"], sort=True):
+        band = t_interval(group[y])
+        rows.append({"setting": setting, "step": step, x: group[x].mean(), y: band.mean, "low": band.ci_low,
+                     "high": band.ci_high, "n": band.n})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def matched_kl(runs: pd.DataFrame, requested: float | None) -> float:
+    """The KL at which ensemble objectives are compared: the param, else the median KL of the runs' gold peaks."""
+    return float(requested) if requested is not None else float(runs["gold_peak_kl"].median())
+
+
+def ensemble_comparison(runs: pd.DataFrame, hist: pd.DataFrame, requested_kl: float | None) -> pd.DataFrame:
+    """β = 0 runs, per condition and objective: gold drop and gold at a matched KL (mean, 95 % CI, n),
+    each against the single reward model of the same condition (Welch difference, permutation p)."""
+    zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]].copy()
+    rows = []
+    for condition, group in zero.groupby("condition", sort=False):
+        target = matched_kl(group, requested_kl)
+        group = group.assign(gold_at_kl=[
+            value_at_kl(h["kl"], h["gold"], target) for h in (hist[hist["run"] == run] for run in group["run"])])
+        single = group[group["objective"] == "single"]
+        for objective in OBJECTIVE_NAMES:
+            mine = group[group["objective"] == objective]
+            if mine.empty:
+                continue
+            row = {"condition": condition, "objective": objective, "matched_kl": target}
+            row["gold_final"] = t_interval(mine["gold_final"])
+            for column in ("gold_drop", "gold_at_kl"):
+                row[column] = t_interval(mine[column])
+                if objective != "single" and not single.empty:
+                    row[f"{column}_vs_single"] = welch_difference(mine[column], single[column])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """One sentence per ensemble objective and condition: which differences the data support."""
+    lines = []
+    for _, row in comparison[comparison["objective"] != "single"].iterrows():
+        for column, what in (("gold_drop", "gold drop"), ("gold_at_kl", f"gold at KL {row['matched_kl']:.1f}")):
+            diff = row.get(f"{column}_vs_single")
+            if not isinstance(diff, Difference):
+                continue
+            supported = np.isfinite(diff.p) and diff.p < alpha
+            direction = "higher" if diff.diff > 0 else "lower"
+            lines.append(
+                f"{row['condition']}, {OBJECTIVE_NAMES[row['objective']]}: {what} {direction} than the single RM by "
+                f"{abs(diff.diff):.3f} [95 % CI {diff.ci_low:.3f}, {diff.ci_high:.3f}], Welch p = {diff.p:.3f}: "
+                + ("<b>supported</b> at the 5 % level." if supported else "<b>not supported</b> at the 5 % level.")
+            )
+    return lines
+
+
+def member_agreement(runs: pd.DataFrame) -> pd.DataFrame:
+    """Why ensembles may not help: on the β = 0 policies' final samples, the mean correlation between
+    members' scores, and the share of gold-losing samples (gold < 0) that every member rates above
+    the SFT average (normalised reward > 0): a hack all members share, which no aggregate can see."""
+    rows = []
+    zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]]
+    for (condition, objective), group in zero.groupby(["condition", "objective"], sort=False):
+        samples = [row for path in group["path"] for row in read_jsonl(Path(path) / "final_samples.jsonl")]
+        members = np.array([row["members"] for row in samples])  # (samples, K)
+        gold = np.array([row["gold"] for row in samples])
+        if members.shape[1] < 2:
+            continue
+        corr = np.corrcoef(members.T)
+        bad = gold < 0
+        rows.append({
+            "condition": condition, "objective": OBJECTIVE_NAMES[objective], "samples": len(samples),
+            "member correlation": float(corr[np.triu_indices_from(corr, 1)].mean()),
+            "gold < 0": float(bad.mean()),
+            "of those, all members > 0": float((members[bad] > 0).all(axis=1).mean()) if bad.any() else float("nan"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def fmt_interval(iv: Interval) -> str:
+    return f"{iv.mean:.3f} [{iv.ci_low:.3f}, {iv.ci_high:.3f}]" if np.isfinite(iv.ci_low) else f"{iv.mean:.3f}"
+
+
+def fmt_difference(diff) -> str:
+    if not isinstance(diff, Difference):
+        return "—"
+    return (f"{diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}], "
+            f"p = {diff.p:.3f} (perm. {diff.p_permutation:.2f})")  # fmt: skip
+
+
+def comparison_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "condition": comparison["condition"],
+        "objective": comparison["objective"].map(OBJECTIVE_NAMES),
+        "n": [iv.n for iv in comparison["gold_drop"]],
+        "gold drop, mean [95 % CI]": comparison["gold_drop"].map(fmt_interval),
+        "vs single: diff [95 % CI], Welch p": comparison.get("gold_drop_vs_single", pd.Series(dtype=object)).map(fmt_difference),
+        "gold at matched KL": comparison["gold_at_kl"].map(fmt_interval),
+        "matched KL": comparison["matched_kl"].round(1),
+        "vs single ": comparison.get("gold_at_kl_vs_single", pd.Series(dtype=object)).map(fmt_difference),
+    })  # fmt: skip
