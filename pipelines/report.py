@@ -142,6 +142,9 @@ def ensembles(hist: pd.DataFrame, bon: pd.DataFrame, fig_dir: Path):
                            label=f"{condition}, {OBJECTIVE_NAMES[objective]}")[0]
             ax.fill_between(group["n"], group["gold_ci_low"], group["gold_ci_high"], alpha=0.12, color=line.get_color())
         ax.set(xscale="log", xlabel="n", ylabel="gold of the pick", title="Best-of-n by objective (95 % CI over prompts)")
+        ns = sorted(bon["n"].unique())
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
         ax.legend(fontsize=6)
 
     return figure(fig_dir / "ensembles.png", draw, ncols=len(conditions) + 1, width=6 * (len(conditions) + 1))

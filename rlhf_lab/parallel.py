@@ -25,16 +25,19 @@ class Plan:
     threads: int  # torch threads per worker
 
 
-def plan(runtime: RuntimeConfig, jobs: int, cpus: int | None = None) -> Plan:
+def plan(runtime: RuntimeConfig, jobs: int, cpus: int | None = None, can_fork: bool | None = None) -> Plan:
     """How many runs to do at once and with how many threads each.
 
     ``runtime.parallel_runs`` (0 = auto) caps the workers. Auto, on a single CPU device: one worker
     per job up to one more than the cores (3 runs on 2 cores, one thread each, beat 2 + 1: the cores
     stay busy to the end, and while a worker loads models or writes files), the cores shared out.
     Accelerators and multi-process strategies run one job at a time: each run already owns every
-    device it was given.
+    device it was given; so does a process where forking is not safe (``can_fork``, default
+    :func:`fork_is_safe`).
     """
     cpus = cpus or os.cpu_count() or 1
+    if not (fork_is_safe() if can_fork is None else can_fork):
+        return Plan(1, runtime.threads or cpus)
     single_cpu = runtime.accelerator == "cpu" and runtime.devices == 1 and runtime.num_nodes == 1
     if runtime.parallel_runs:
         workers = runtime.parallel_runs
@@ -104,12 +107,11 @@ def _child(fn: Callable, job: Any, threads: int, conn) -> None:
 def run_side_by_side(fn: Callable[[Any], Any], jobs: Sequence[Any], workers_plan: Plan) -> list:
     """``[fn(job) for job in jobs]``, ``workers_plan.workers`` at a time in forked processes.
 
-    Results come back in job order; where forking is not safe (:func:`fork_is_safe`) the jobs run
-    here, one after another, with ``workers_plan.threads`` threads. The first failure stops the rest: a UserError is raised again
-    here as a UserError (one line for the user), anything else as a WorkerError with the
-    worker's traceback. Ctrl-C ends every worker.
+    With one worker the jobs run here, one after another. Results come back in job order. The
+    first failure stops the rest: a UserError is raised again here as a UserError (one line for
+    the user), anything else as a WorkerError with the worker's traceback. Ctrl-C ends every worker.
     """
-    if workers_plan.workers == 1 or not fork_is_safe():
+    if workers_plan.workers == 1:
         import torch
 
         torch.set_num_threads(workers_plan.threads)

@@ -157,7 +157,12 @@ def stage_main(run: Callable[..., dict], description: str, options: dict[str, st
     configure_environment()
     from rlhf_lab import parallel
 
-    parallel.mark_fork_safe()  # nothing has computed yet: the stage may fork its independent runs
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main_spec is not None and main_spec.name.startswith("pipelines."):
+        # This process began as the stage's own command (python -m pipelines.<stage>): nothing has
+        # computed yet, so it may fork its independent runs. A caller in a process that has (a
+        # test, a notebook) is not marked and runs them in turn.
+        parallel.mark_fork_safe()
     try:
         cfg = config_lib.load(params)
         metrics = run(cfg, **args)

@@ -1,6 +1,8 @@
 """Independent runs side by side: the worker plan, results in order, failures as one line."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -21,7 +23,11 @@ from rlhf_lab.config import RuntimeConfig, UserError
     ],
 )
 def test_plan(runtime, jobs, expected):
-    assert parallel.plan(runtime, jobs, cpus=2) == expected
+    assert parallel.plan(runtime, jobs, cpus=2, can_fork=True) == expected
+
+
+def test_where_forking_is_unsafe_the_plan_is_one_run_at_a_time_on_every_core():
+    assert parallel.plan(RuntimeConfig(), 3, cpus=2, can_fork=False) == parallel.Plan(1, 2)
 
 
 def square_with_pid(x):
@@ -67,20 +73,24 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(fork_safe):
         parallel.run_side_by_side(die, [1, 2], parallel.Plan(2, 1))
 
 
-def test_after_torch_work_the_jobs_run_here_in_turn(fork_safe):
-    import torch
-
-    torch.randn(1000, 1000) @ torch.randn(1000, 1000)  # may start torch's thread pool: forking is unsafe now
-    if parallel.fork_is_safe():
-        pytest.skip("this torch build started no thread for the product")
-    threads = torch.get_num_threads()
-    try:
-        results = parallel.run_side_by_side(square_with_pid, [1, 2], parallel.Plan(2, 1))
-    finally:
-        torch.set_num_threads(threads)
-    assert results == [(1, os.getpid()), (4, os.getpid())]
+def test_after_torch_work_forking_is_no_longer_safe():
+    # A fresh process, as a stage's: this test session's own thread pool is already running.
+    code = ("from rlhf_lab import parallel; import torch; parallel.mark_fork_safe(); assert parallel.fork_is_safe(); "
+            "torch.randn(1000, 1000) @ torch.randn(1000, 1000); assert not parallel.fork_is_safe()")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_an_unmarked_process_never_forks(monkeypatch):
     monkeypatch.setattr(parallel, "_fork_safe_threads", None)
     assert not parallel.fork_is_safe()
+
+
+def test_a_stage_called_inside_another_program_does_not_mark_it(tmp_path, monkeypatch):
+    from rlhf_lab.stage import stage_main
+
+    monkeypatch.setattr(parallel, "_fork_safe_threads", None)
+    (tmp_path / "params.yaml").write_text("")
+    monkeypatch.setattr(sys, "argv", ["stage", "--params", str(tmp_path / "params.yaml")])
+    stage_main(lambda cfg: {}, "test stage")
+    assert not parallel.fork_is_safe()  # this pytest process has computed: forking it could hang a child

@@ -1,6 +1,8 @@
 """PPO end to end: a toy reward that PPO must raise, the stage on the tiny pipeline, resume."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,12 +12,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
+from rlhf_lab import config as config_lib
 from rlhf_lab import ppo_math as pm
 from rlhf_lab.config import PPOConfig, RuntimeConfig
 from rlhf_lab.generation import position_ids, sample
 from rlhf_lab.ppo import PPOModule, response_logits
 from rlhf_lab.stage import make_trainer
 
+ROOT = Path(__file__).resolve().parents[1]
 TARGET = 5  # the toy reward counts this token
 
 
@@ -84,7 +88,7 @@ def ppo_cfg(tiny_cfg, reward_stage):
 def test_ppo_stage_runs_every_seed_side_by_side_and_summarises(ppo_cfg):
     from pipelines import ppo
 
-    metrics = ppo.run(ppo_cfg)  # two forked workers (this process has computed: forkserver)
+    metrics = ppo.run(ppo_cfg)  # in turn: this process has computed, so it does not fork
     out = Path(ppo_cfg.paths.ppo) / "default"
     finals = {}
     for seed in (0, 3):
@@ -110,19 +114,36 @@ def test_ppo_stage_runs_every_seed_side_by_side_and_summarises(ppo_cfg):
     assert not (Path(ppo_cfg.paths.ppo) / ".checkpoints" / "default").exists()
 
 
-def test_a_seed_is_reproducible_in_a_worker_and_in_process(ppo_cfg, tmp_path):
-    """Side by side or not, the same seed gives the same run: the worker changes nothing but threads."""
+def test_the_stage_process_runs_seeds_in_forked_workers_with_the_same_numbers(ppo_cfg, tmp_path):
+    """`python -m pipelines.ppo` forks a worker per seed (one thread each); a seed's run there is the
+    run this process makes of it with one thread: side by side changes nothing but the wall time."""
     from pipelines import ppo
 
-    cfg = ppo_cfg.replace(ppo={"seed": 3, "run_name": "again"}, runtime={"threads": 1})  # a worker's thread count
+    cfg = ppo_cfg.replace(paths={"ppo": str(tmp_path / "ppo")}, ppo={"seeds": [0, 3], "run_name": "forked"})
+    params = tmp_path / "params.yaml"
+    config_lib.save(cfg, params)
+    done = subprocess.run([sys.executable, "-m", "pipelines.ppo", "--params", str(params)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = _mlflow_runs(cfg, "ppo-forked-seed%")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # side by side, one SQLite store
+    forked = json.loads((tmp_path / "ppo" / "forked" / "seeds" / "seed_3" / "metrics.json").read_text())
+    one_thread = cfg.replace(ppo={"seed": 3, "run_name": "again"}, runtime={"threads": 1})
     threads = torch.get_num_threads()
     try:
-        in_process = ppo.train(cfg.for_condition(), tmp_path / "again")
+        here = ppo.train(one_thread.for_condition(), tmp_path / "again")
     finally:
         torch.set_num_threads(threads)
-    side_by_side = json.loads((Path(ppo_cfg.paths.ppo) / "default" / "seeds" / "seed_3" / "metrics.json").read_text())
-    assert in_process["gold_final"] == pytest.approx(side_by_side["gold_final"], abs=1e-6)
-    assert in_process["kl_final"] == pytest.approx(side_by_side["kl_final"], rel=1e-4)
+    assert here["gold_final"] == pytest.approx(forked["gold_final"], abs=1e-6)
+    assert here["kl_final"] == pytest.approx(forked["kl_final"], rel=1e-4)
+
+
+def _mlflow_runs(cfg, name_pattern: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    return mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
+                              filter_string=f"attributes.run_name LIKE '{name_pattern}'")  # fmt: skip
 
 
 class Crash(Callback):
