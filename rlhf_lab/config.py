@@ -532,10 +532,11 @@ def from_dict(data: Any) -> Config:
     runs = data.get("ppo_runs") or {}
     if not isinstance(runs, dict) or not all(isinstance(v, dict) for v in runs.values()):
         raise ConfigError("ppo_runs: expected a mapping of run name -> mapping of ppo keys")
-    conditions = data.get("reward_conditions", {"clean": {}})
-    if not isinstance(conditions, dict) or not conditions:
+    given = data.get("reward_conditions", {"clean": {}})
+    if not isinstance(given, dict) or not given:
         raise ConfigError("reward_conditions: expected a non-empty mapping of condition name -> overrides")
-    for name, overrides in conditions.items():
+    conditions = {}
+    for name, overrides in given.items():
         overrides = {} if overrides is None else overrides
         if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
             raise ConfigError(f"reward_conditions.{name}: expected a mapping of section -> mapping of keys")
@@ -543,9 +544,9 @@ def from_dict(data: Any) -> Config:
         if unknown:
             raise ConfigError(f"reward_conditions.{name}.{unknown[0]}: unknown section; a condition overrides "
                               f"{' and '.join(CONDITION_SECTIONS)}")  # fmt: skip
-        conditions[name] = overrides
+        conditions[str(name)] = overrides
     cfg = dataclasses.replace(cfg, ppo_runs={str(k): dict(v) for k, v in runs.items()},
-                              reward_conditions={str(k): v for k, v in conditions.items()})  # fmt: skip
+                              reward_conditions=conditions)  # fmt: skip
     for name in cfg.reward_conditions:
         cfg.for_condition(name)  # validate every condition's overrides now
     for name in [None, *cfg.ppo_runs]:  # validate every run's overrides and its reward condition
