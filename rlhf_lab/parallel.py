@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from multiprocessing.connection import wait
 import os
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -89,9 +90,21 @@ def _forget_inherited_connections() -> None:
             engine.dispose(close=False)
 
 
-def _child(fn: Callable, job: Any, threads: int, conn) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel sends this worker SIGTERM when the stage process dies, even by SIGKILL,
+    so no orphan runs on into the stage's ``.partial`` folder (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the stage died before the request was in place
+            os._exit(1)
+
+
+def _child(fn: Callable, job: Any, threads: int, conn, parent: int) -> None:
     import torch
 
+    _die_with_parent(parent)
     _forget_inherited_connections()
     torch.set_num_threads(threads)
     try:
@@ -125,7 +138,8 @@ def run_side_by_side(fn: Callable[[Any], Any], jobs: Sequence[Any], workers_plan
             while pending and len(running) < workers_plan.workers:
                 index, job = pending.pop(0)
                 reader, writer = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_child, args=(fn, job, workers_plan.threads, writer), daemon=True)
+                process = ctx.Process(target=_child, args=(fn, job, workers_plan.threads, writer, os.getpid()),
+                                      daemon=True)  # fmt: skip
                 process.start()
                 writer.close()
                 running[reader] = (index, process)

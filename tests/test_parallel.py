@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,44 @@ def test_a_stage_called_inside_another_program_does_not_mark_it(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["stage", "--params", str(tmp_path / "params.yaml")])
     stage_main(lambda cfg: {}, "test stage")
     assert not parallel.fork_is_safe()  # this pytest process has computed: forking it could hang a child
+
+
+def sleep_long(x):
+    import time
+
+    time.sleep(60)
+
+
+def test_workers_die_with_a_killed_stage_process(tmp_path):
+    # A stage process (marked, forking) is killed with SIGKILL mid-run: its workers must not live on.
+    code = ("import os, sys; sys.path.insert(0, os.getcwd()); from rlhf_lab import parallel; "
+            "from tests.test_parallel import sleep_long; parallel.mark_fork_safe(); "
+            "parallel.run_side_by_side(sleep_long, [1, 2], parallel.Plan(2, 1))")  # fmt: skip
+    stage = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    import time
+
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_children(stage.pid)) < 2:
+        time.sleep(0.2)
+    workers = _children(stage.pid)
+    assert len(workers) == 2
+    time.sleep(2)  # the workers are in their jobs now
+    os.kill(stage.pid, 9)
+    stage.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited, waiting to be reaped
