@@ -93,7 +93,8 @@ def run(cfg: Config) -> dict:
     gold, scores = sample_and_score(cfg, prompts)
     frame = pd.DataFrame([row for condition, members in scores.items()
                           for row in condition_rows(condition, gold, members, b, cfg.runtime.seed)])  # fmt: skip
-    first = frame[frame["condition"] == next(iter(scores))]
+    first_condition = next(iter(scores))  # the headline keys of one-condition reports read the first
+    first = frame[frame["condition"] == first_condition]
     top = first[first["n"] == first["n"].max()].set_index("objective")
     metrics = {
         "bon/gold_n1": float(first[(first["n"] == 1) & (first["objective"] == "single")]["gold"].iloc[0]),
@@ -102,7 +103,7 @@ def run(cfg: Config) -> dict:
            frame[frame["n"] == frame["n"].max()].set_index(["condition", "objective"]).iterrows()},
         "bon/kl_exact_max_n": float(top["kl_exact"].iloc[0]),
         "bon/kl_bound_max_n": float(top["kl_bound"].iloc[0]),
-        "bon/distinct_fraction": float(np.mean([len(np.unique(g)) / g.size for g in scores[next(iter(scores))][0].numpy()])),
+        "bon/distinct_fraction": float(np.mean([len(np.unique(g)) / g.size for g in scores[first_condition][0].numpy()])),
     }
     with replacing_dir(cfg.paths.best_of_n) as out:
         frame.to_csv(out / "bon.csv", index=False)

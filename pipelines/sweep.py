@@ -1,7 +1,8 @@
 """Sweep stage and CLI: an Optuna study of the KL coefficient β (log scale) and the PPO clip ε.
 
-Each trial is ``sweep.seeds`` PPO runs (``ppo`` section, ``sweep.iterations`` iterations) whose mean
-final gold score is the objective (its standard error a trial user attribute, ``gold_final_se``) (``sweep.objective: gold``), or gold ↑ and KL ↓ together (``gold_kl``, a Pareto
+Each trial is ``sweep.seeds`` PPO runs (``ppo`` section, ``sweep.iterations`` iterations). The
+objective is their mean final gold (``sweep.objective: gold``; its standard error over seeds is the
+trial's ``gold_final_se`` user attribute), or gold ↑ and KL ↓ together (``gold_kl``, a Pareto
 front). Poor trials are pruned from their intermediate gold scores (median pruner). Every trial
 is an MLflow run nested under the study's run.
 
