@@ -4,6 +4,7 @@ For each held-out prompt, N samples from the SFT policy are scored by gold and e
 member of every reward condition's ensemble; unbiased estimators over all N give E[gold], E[proxy]
 of best-of-n for n = 1, 2, 4 … max_n, for each condition and reward objective (single, mean, wco,
 uwo) and for the gold oracle itself, with a percentile-bootstrap interval over prompts for gold.
+Without a gold reward (``task.gold``) the gold columns are empty and proxy and KL remain.
 
 Outputs (``paths.best_of_n``): ``bon.csv`` (one row per condition, n and objective: condition, n,
 objective, kl_bound, kl_exact, gold, gold_ci_low, gold_ci_high, prompts, proxy), ``metrics.json``,
@@ -20,15 +21,22 @@ import torch
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.best_of_n import expected_best_of_n, kl_best_of_n_bound, kl_best_of_n_exact
-from rlhf_lab.config import Config, ConfigError
+from rlhf_lab.config import Config
 from rlhf_lab.data import read_texts, write_json
 from rlhf_lab.ensemble import OBJECTIVES, aggregate
 from rlhf_lab.generation import decode_responses, left_pad, sample
+from rlhf_lab.gold import gold_reward
 from rlhf_lab.models import load_causal_lm, load_tokenizer
-from rlhf_lab.reward_model import last_token_scores, load_frozen_reward, member_paths, normalised
+from rlhf_lab.reward_model import (
+    Retokenizer,
+    last_token_scores,
+    load_frozen_reward,
+    member_paths,
+    normalised,
+    same_vocabulary,
+)
 from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
 from rlhf_lab.stats import bootstrap_mean_interval
-from rlhf_lab.task import gold_reward
 
 
 def powers_of_two(max_n: int) -> list[int]:
@@ -37,13 +45,19 @@ def powers_of_two(max_n: int) -> list[int]:
 
 @torch.no_grad()
 def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
-    """(gold (P, N), {condition: member rewards (K, P, N)}) for N samples of each prompt, scored by
-    the ensemble of every reward condition."""
+    """(gold (P, N) or None without a gold reward, {condition: member rewards (K, P, N)}) for N
+    samples of each prompt, scored by the ensemble of every reward condition."""
     N = cfg.best_of_n.samples_per_prompt
     tokenizer = load_tokenizer(cfg.paths.sft)
     policy = load_causal_lm(cfg.paths.sft).eval()
     conditions = list(cfg.reward_conditions)
-    members = {c: [load_frozen_reward(p) for p in member_paths(cfg.for_condition(c))] for c in conditions}
+    paths = {c: member_paths(cfg.for_condition(c)) for c in conditions}
+    members = {c: [load_frozen_reward(p) for p in ps] for c, ps in paths.items()}
+    reward_inputs = {}  # a condition whose reward models have another tokenizer reads re-encoded text
+    for c, ps in paths.items():
+        reward_tokenizer = load_tokenizer(ps[0])
+        if not same_vocabulary(tokenizer, reward_tokenizer):
+            reward_inputs[c] = Retokenizer(tokenizer, reward_tokenizer, cfg.reward.max_length)
     gold = gold_reward(cfg)
     flat = [p for p in prompts for _ in range(N)]
     generator = torch.Generator().manual_seed(cfg.runtime.seed + 777)
@@ -53,40 +67,43 @@ def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
         ids, mask = left_pad(tokenizer, chunk)
         out = sample(policy, ids, mask, cfg.ppo.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
                      temperature=cfg.ppo.temperature, generator=generator)  # fmt: skip
-        texts = [f"{p} {r}" for p, r in zip(chunk, decode_responses(tokenizer, out))]
-        golds.append(gold(texts, out.ended.tolist()))
-        seq, seq_mask = out.sequence_ids, out.sequence_mask
-        rewards.append({c: torch.stack([normalised(m, last_token_scores(m, seq, seq_mask)) for m in ms])
-                        for c, ms in members.items()})  # fmt: skip
+        if gold is not None:
+            golds.append(gold(chunk, decode_responses(tokenizer, out), out.ended.tolist()))
+        batch = {}
+        for c, ms in members.items():
+            seq, seq_mask = out.sequence_ids, out.sequence_mask
+            if c in reward_inputs:
+                seq, seq_mask = reward_inputs[c](seq, seq_mask, ids.shape[1])
+            batch[c] = torch.stack([normalised(m, last_token_scores(m, seq, seq_mask)) for m in ms])
+        rewards.append(batch)
     P = len(prompts)
     scores = {c: torch.cat([r[c] for r in rewards], dim=1).reshape(len(members[c]), P, N) for c in conditions}
-    return np.concatenate(golds).reshape(P, N), scores
+    return (np.concatenate(golds).reshape(P, N) if golds else None), scores
 
 
-def condition_rows(condition: str, gold: np.ndarray, members: torch.Tensor, b, seed: int) -> list[dict]:
+def condition_rows(condition: str, gold: np.ndarray | None, members: torch.Tensor, b, seed: int) -> list[dict]:
     """bon.csv rows of one reward condition: each n and objective (and the gold oracle), with a
-    95 % percentile-bootstrap interval over prompts for gold."""
+    95 % percentile-bootstrap interval over prompts for gold (NaN without a gold reward)."""
     proxies = {obj: aggregate(members, obj, b.uwo_lambda).numpy() for obj in OBJECTIVES}  # (P, N) each
-    proxies["oracle"] = gold  # best-of-n by gold itself: the ceiling
-    P = gold.shape[0]
+    if gold is not None:
+        proxies["oracle"] = gold  # best-of-n by gold itself: the ceiling
+    P = members.shape[1]
     rows = []
     for n in powers_of_two(b.max_n):
         kl_exact = float(np.mean([kl_best_of_n_exact(proxies["single"][i], n) for i in range(P)]))
         for name, proxy in proxies.items():
-            per_prompt = [expected_best_of_n(proxy[i], gold[i], n) for i in range(P)]
-            gold_ci = bootstrap_mean_interval(per_prompt, seed=seed)
-            rows.append({
-                "condition": condition, "n": n, "objective": name, "kl_bound": kl_best_of_n_bound(n),
-                "kl_exact": kl_exact, "gold": gold_ci.mean, "gold_ci_low": gold_ci.ci_low,
-                "gold_ci_high": gold_ci.ci_high, "prompts": P,
-                "proxy": float(np.mean([expected_best_of_n(proxy[i], proxy[i], n) for i in range(P)])),
-            })  # fmt: skip
+            row = {"condition": condition, "n": n, "objective": name, "kl_bound": kl_best_of_n_bound(n),
+                   "kl_exact": kl_exact, "gold": np.nan, "gold_ci_low": np.nan, "gold_ci_high": np.nan,
+                   "prompts": P}  # fmt: skip
+            if gold is not None:
+                gold_ci = bootstrap_mean_interval([expected_best_of_n(proxy[i], gold[i], n) for i in range(P)], seed=seed)
+                row.update(gold=gold_ci.mean, gold_ci_low=gold_ci.ci_low, gold_ci_high=gold_ci.ci_high)
+            row["proxy"] = float(np.mean([expected_best_of_n(proxy[i], proxy[i], n) for i in range(P)]))
+            rows.append(row)
     return rows
 
 
 def run(cfg: Config) -> dict:
-    if gold_reward(cfg) is None:
-        raise ConfigError("best_of_n: needs the built-in task's gold reward (data.source: builtin)")
     apply_runtime(cfg.runtime)
     b = cfg.best_of_n
     prompts = read_texts(Path(cfg.paths.data) / "prompts_eval.jsonl", "prompt")[: b.prompts]
@@ -96,11 +113,14 @@ def run(cfg: Config) -> dict:
     first_condition = next(iter(scores))  # the headline keys of one-condition reports read the first
     first = frame[frame["condition"] == first_condition]
     top = first[first["n"] == first["n"].max()].set_index("objective")
-    metrics = {
+    metrics = {} if gold is None else {
         "bon/gold_n1": float(first[(first["n"] == 1) & (first["objective"] == "single")]["gold"].iloc[0]),
         **{f"bon/gold_max_n.{obj}": float(top.loc[obj, "gold"]) for obj in top.index},
         **{f"bon.{c}.{obj}.gold_max_n": float(row["gold"]) for (c, obj), row in
            frame[frame["n"] == frame["n"].max()].set_index(["condition", "objective"]).iterrows()},
+    }
+    metrics |= {
+        "bon/proxy_max_n": float(top.loc["single", "proxy"]),
         "bon/kl_exact_max_n": float(top["kl_exact"].iloc[0]),
         "bon/kl_bound_max_n": float(top["kl_bound"].iloc[0]),
         "bon/distinct_fraction": float(np.mean([len(np.unique(g)) / g.size for g in scores[first_condition][0].numpy()])),

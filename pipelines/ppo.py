@@ -26,17 +26,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from rlhf_lab import config as config_lib
 from rlhf_lab import parallel
 from rlhf_lab import ppo_math as pm
-from rlhf_lab.config import Config, UserError
+from rlhf_lab.config import Config, ConfigError, UserError
 from rlhf_lab.data import read_texts, write_json, write_jsonl
 from rlhf_lab.ensemble import aggregate, disagreement
 from rlhf_lab.generation import decode_responses, left_pad, sample
-from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.gold import gold_reward
+from rlhf_lab.lora import add_lora, save_adapter_and_merged
+from rlhf_lab.models import load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf_lab.preference import spearman
-from rlhf_lab.reward_model import load_frozen_reward, member_paths
+from rlhf_lab.reward_model import Retokenizer, load_frozen_reward, member_paths, same_vocabulary
 from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
 from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
 from rlhf_lab.stats import t_interval
-from rlhf_lab.task import gold_reward
 
 
 class Evaluator:
@@ -64,7 +65,7 @@ class Evaluator:
                      temperature=cfg.temperature, generator=generator, keep_distributions=True)  # fmt: skip
         seq, seq_mask, rmask = out.sequence_ids, out.sequence_mask, out.response_mask
         ref_logprobs, kl_exact = module.reference_logprobs(seq, seq_mask, out.response_ids, out.distributions)
-        members = module.score(seq, seq_mask)  # (K, B)
+        members = module.score(seq, seq_mask, ids.shape[1])  # (K, B)
         proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)
         per_seq = lambda x: (x * rmask).sum(1).mean().item()  # noqa: E731
         row = {
@@ -80,8 +81,7 @@ class Evaluator:
             "beta": module.kl_ctl.value,
         }
         responses = decode_responses(self.tokenizer, out)
-        texts = [f"{p} {r}" for p, r in zip(self.prompts, responses)]
-        gold = self.gold(texts, out.ended.tolist()) if self.gold is not None else None
+        gold = self.gold(self.prompts, responses, out.ended.tolist()) if self.gold is not None else None
         if gold is not None:
             row["gold"] = float(gold.mean())
             row["gold_se"] = float(gold.std() / len(gold) ** 0.5)
@@ -93,9 +93,9 @@ class Evaluator:
             {"prompt": p, "response": r, "ended": bool(e), "proxy": round(float(x), 4),
              "members": [round(v, 4) for v in m], **({"gold": round(float(g), 4)} if gold is not None else {})}
             for p, r, e, x, m, g in zip(self.prompts, responses, out.ended.tolist(), proxy.tolist(),
-                                        members.T.tolist(), gold if gold is not None else [None] * len(texts))
+                                        members.T.tolist(), gold if gold is not None else [None] * len(responses))
         ]  # fmt: skip
-        for i in range(min(cfg.eval_texts, len(texts))):
+        for i in range(min(cfg.eval_texts, len(responses))):
             module.samples_history.append({
                 "step": iteration, "prompt": self.prompts[i], "response": responses[i],
                 "ended": bool(out.ended[i]), "proxy": round(proxy[i].item(), 4),
@@ -113,17 +113,31 @@ def prompt_loader(tokenizer, prompts: list[str], batch_size: int, seed: int) -> 
                       generator=generator)  # fmt: skip
 
 
-def build_module(cfg: Config, tokenizer, evaluator=None) -> PPOModule:
+def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[PPOModule, object | None]:
+    """The PPO module and, with ``model.lora``, the policy's peft wrapper (it saves the adapter)."""
     members = member_paths(cfg)
     policy = load_causal_lm(cfg.paths.sft)
-    ref = load_causal_lm(cfg.paths.sft)
+    adapter, ref = None, None
+    if cfg.model.lora:  # the reference is the policy with its adapter off: no second copy
+        adapter = add_lora(policy, cfg.model.lora)
+    else:
+        ref = load_causal_lm(cfg.paths.sft)
+    prepare_for_training(policy, cfg.runtime)
     rewards = [load_frozen_reward(p) for p in members]
+    reward_tokenizer = load_tokenizer(members[0])
+    retokenize = None
+    if not same_vocabulary(tokenizer, reward_tokenizer):
+        retokenize = Retokenizer(tokenizer, reward_tokenizer, cfg.reward.max_length)
     value = None
     if cfg.ppo.value_model == "separate":
+        if retokenize is not None:
+            raise ConfigError(f"ppo.value_model: separate copies reward member 0 ({members[0]}), whose tokenizer "
+                              "differs from the policy's, so it cannot read the policy's tokens; use shared")  # fmt: skip
         # Value model initialised from the reward model (Huang et al. 2024); head kept.
         value = load_frozen_reward(members[0]).train().requires_grad_(True)
-    return PPOModule(cfg.ppo, policy, ref, rewards, value, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                     evaluate=evaluator)  # fmt: skip
+    module = PPOModule(cfg.ppo, policy, ref, rewards, value, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                       evaluate=evaluator, reward_inputs=retokenize)  # fmt: skip
+    return module, adapter
 
 
 def summary(history: list[dict]) -> dict:
@@ -158,7 +172,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     run_tags = {"ppo_run": name, "seed": str(seed), "reward_condition": Path(cfg.paths.reward).name, **(tags or {})}
     logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}-seed{seed}", tags=run_tags)
     evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger)
-    module = build_module(cfg, tokenizer, evaluator)
+    module, adapter = build_module(cfg, tokenizer, evaluator)
 
     # Resume only a checkpoint written under exactly this config.
     ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name / f"seed_{seed}"
@@ -182,8 +196,11 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     if not trainer.is_global_zero:
         return metrics
     out.mkdir(parents=True, exist_ok=True)
-    module.policy.save_pretrained(out / "policy")
-    tokenizer.save_pretrained(out / "policy")
+    if adapter is not None:  # policy/adapter loads with peft, policy/ with plain transformers
+        save_adapter_and_merged(adapter, out / "policy", tokenizer)
+    else:
+        module.policy.save_pretrained(out / "policy")
+        tokenizer.save_pretrained(out / "policy")
     pd.DataFrame(module.history).to_csv(out / "eval_history.csv", index=False)
     write_jsonl(out / "samples.jsonl", module.samples_history)
     write_jsonl(out / "final_samples.jsonl", evaluator.last_rows)

@@ -1,4 +1,4 @@
-"""Preference stage: pairs of SFT-policy responses labelled from the gold reward.
+"""Preference stage: pairs of SFT-policy responses labelled from the gold reward (``task.gold``).
 
 ``python -m pipelines.preferences [--condition NAME]``: one reward condition of ``reward_conditions``
 (its overrides, e.g. label noise; default the first). Every condition draws its pairs with the same
@@ -7,7 +7,9 @@ seeds.
 Outputs (``paths.preferences``/NAME), JSONL in the prompt/chosen/rejected convention of TRL and Hugging
 Face preference datasets, gold scores alongside:
 ``train.jsonl`` (noisy labels as configured), ``eval.jsonl`` (noise-free gold labels),
-``sft_samples.jsonl`` (fresh single samples with gold), ``stats.json``, ``config.yaml``.
+``sft_samples.jsonl`` (fresh single samples with gold), ``stats.json``, ``config.yaml``. Without a
+gold reward (your own pairs in ``reward.dataset``) only the fresh samples are written: the reward
+stage normalises on them.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config, ConfigError
 from rlhf_lab.data import read_texts, write_json, write_jsonl
 from rlhf_lab.generation import decode_responses, left_pad, sample
+from rlhf_lab.gold import gold_reward
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.preference import label_pairs
 from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
-from rlhf_lab.task import gold_reward
 
 
 def sample_responses(cfg: Config, model, tokenizer, prompts: list[str], seed: int, batch_size: int = 512):
@@ -56,9 +58,9 @@ def make_pairs(cfg, model, tokenizer, gold, prompts, n, temperature, flip_fracti
         b, b_end = sample_responses(cfg, model, tokenizer, chosen_prompts, seed=seed * 1000 + 2 * round_ + 1)
         round_ += 1
         keep = [i for i in range(want) if a[i] != b[i]]
-        texts = lambda resp: [f"{chosen_prompts[i]} {resp[i]}" for i in keep]  # noqa: E731
-        g_a = gold(texts(a), [a_end[i] for i in keep])
-        g_b = gold(texts(b), [b_end[i] for i in keep])
+        kept = [chosen_prompts[i] for i in keep]
+        g_a = gold(kept, [a[i] for i in keep], [a_end[i] for i in keep])
+        g_b = gold(kept, [b[i] for i in keep], [b_end[i] for i in keep])
         a_wins, flipped = label_pairs(g_a, g_b, temperature, flip_fraction, rng)
         for j, i in enumerate(keep):
             w, l = ((a, a_end, g_a), (b, b_end, g_b)) if a_wins[j] else ((b, b_end, g_b), (a, a_end, g_a))
@@ -76,10 +78,10 @@ def run(cfg: Config, condition: str | None = None) -> dict:
     """The preference stage for one reward condition (``reward_conditions``; default the first)."""
     cfg = cfg.for_condition(condition)
     gold = gold_reward(cfg)
-    if gold is None:
+    if gold is None and cfg.reward.dataset is None:
         raise ConfigError(
-            "preferences: the gold labeller needs the built-in task (data.source: builtin); "
-            "for your own preference data set reward.dataset and run the reward stage"
+            "task.gold: no gold reward to label preference pairs with; set task.gold (a reward model or "
+            "module:function), or give your own pairs in reward.dataset"
         )
     apply_runtime(cfg.runtime)
     p, seed = cfg.preferences, cfg.runtime.seed
@@ -88,30 +90,34 @@ def run(cfg: Config, condition: str | None = None) -> dict:
     prompts_train = read_texts(Path(cfg.paths.data) / "prompts_train.jsonl", "prompt")
     prompts_eval = read_texts(Path(cfg.paths.data) / "prompts_eval.jsonl", "prompt")
 
-    train = make_pairs(cfg, model, tokenizer, gold, prompts_train, p.pairs,
-                       p.label_temperature, p.flip_fraction, seed=seed * 10 + 1)  # fmt: skip
-    # Held-out pairs on held-out prompts, labelled by gold itself: the accuracy target.
-    held_out = make_pairs(cfg, model, tokenizer, gold, prompts_eval, p.eval_pairs, 0.0, 0.0, seed=seed * 10 + 2)
+    train = held_out = None
+    if gold is not None:
+        train = make_pairs(cfg, model, tokenizer, gold, prompts_train, p.pairs,
+                           p.label_temperature, p.flip_fraction, seed=seed * 10 + 1)  # fmt: skip
+        # Held-out pairs on held-out prompts, labelled by gold itself: the accuracy target.
+        held_out = make_pairs(cfg, model, tokenizer, gold, prompts_eval, p.eval_pairs, 0.0, 0.0, seed=seed * 10 + 2)
     rng = np.random.default_rng(seed * 10 + 3)
     fresh_prompts = [prompts_eval[i] for i in rng.integers(len(prompts_eval), size=p.sft_samples)]
     responses, ended = sample_responses(cfg, model, tokenizer, fresh_prompts, seed=seed * 10 + 4)
-    scores = gold([f"{q} {r}" for q, r in zip(fresh_prompts, responses)], ended)
-    fresh = [
-        {"prompt": q, "response": r, "ended": e, "gold": round(float(s), 5)}
-        for q, r, e, s in zip(fresh_prompts, responses, ended, scores)
-    ]
-    gap = np.array([r["chosen_gold"] - r["rejected_gold"] for r in train])
-    stats = {
-        "preferences/train_pairs": len(train),
-        "preferences/eval_pairs": len(held_out),
-        "preferences/flipped": float(np.mean([r["flipped"] for r in train])),
-        "preferences/agree_with_gold": float(np.mean(gap > 0)),
-        "gold/sft_mean": float(scores.mean()),
-        "gold/sft_std": float(scores.std()),
-    }
+    fresh = [{"prompt": q, "response": r, "ended": e} for q, r, e in zip(fresh_prompts, responses, ended)]
+    stats = {"preferences/gold": gold.description if gold is not None else "none"}
+    if gold is not None:
+        scores = gold(fresh_prompts, responses, ended)
+        for row, score in zip(fresh, scores):
+            row["gold"] = round(float(score), 5)
+        gap = np.array([r["chosen_gold"] - r["rejected_gold"] for r in train])
+        stats.update({
+            "preferences/train_pairs": len(train),
+            "preferences/eval_pairs": len(held_out),
+            "preferences/flipped": float(np.mean([r["flipped"] for r in train])),
+            "preferences/agree_with_gold": float(np.mean(gap > 0)),
+            "gold/sft_mean": float(scores.mean()),
+            "gold/sft_std": float(scores.std()),
+        })  # fmt: skip
     with replacing_dir(cfg.paths.preferences) as out:
-        write_jsonl(out / "train.jsonl", train)
-        write_jsonl(out / "eval.jsonl", held_out)
+        if train is not None:
+            write_jsonl(out / "train.jsonl", train)
+            write_jsonl(out / "eval.jsonl", held_out)
         write_jsonl(out / "sft_samples.jsonl", fresh)
         write_json(out / "stats.json", stats)
         config_lib.save(cfg, out / "config.yaml")

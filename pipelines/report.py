@@ -29,6 +29,7 @@ from rlhf_lab.comparisons import (
 )
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.data import read_jsonl, write_json
+from rlhf_lab.gold import gold_kind
 from rlhf_lab.stage import replacing_dir, stage_main
 from rlhf_lab.stats import Difference, t_interval
 
@@ -51,12 +52,14 @@ def load_runs(ppo_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                      "path": str(path)})  # fmt: skip
         history = pd.read_csv(path / "eval_history.csv").assign(**meta)
         history["d"] = np.sqrt(history["kl"].clip(lower=0))
-        history["gold_gain"] = history["gold"] - history["gold"].iloc[0]
+        if "gold" in history:
+            history["gold_gain"] = history["gold"] - history["gold"].iloc[0]
         histories.append(history)
     if not runs:
         raise UserError(f"{ppo_dir}: no PPO runs to report (run the ppo stages first)")
     runs = pd.DataFrame(runs)
-    runs["gold_drop"] = runs["gold_peak"] - runs["gold_final"]
+    if "gold_peak" in runs:
+        runs["gold_drop"] = runs["gold_peak"] - runs["gold_final"]
     return runs, pd.concat(histories, ignore_index=True)
 
 
@@ -326,14 +329,74 @@ METHODS = (
 )
 
 
+def describe_gold(cfg: Config) -> str:
+    kind = gold_kind(cfg)
+    if kind == "builtin":
+        return "gold is the task's programmatic reward"
+    if kind == "callable":
+        return f"gold is the callable <code>{html.escape(cfg.task.gold)}</code>"
+    return f"gold is the reward model <code>{html.escape(cfg.task.gold)}</code>"
+
+
+def style_page(title: str, sections: list[str]) -> str:
+    style = ("body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}"
+             ".t{border-collapse:collapse;font-size:12px;margin:0.5em 0}.t td,.t th{padding:2px 8px;"
+             "border-bottom:1px solid #ddd}")  # fmt: skip
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"  # fmt: skip
+
+
+def proxy_only_report(cfg: Config, runs: pd.DataFrame, hist: pd.DataFrame, reward_metrics: dict) -> dict:
+    """Without a gold reward: proxy and KL over training per setting, final levels over seeds and
+    the reward models' held-out accuracy; the page says that gold is absent."""
+    r = cfg.report
+    levels = pd.DataFrame([{"setting": setting, "n": len(group),
+                            **{f"{c} [95 % CI]": fmt_interval(t_interval(group[c])) for c in ("proxy_final", "kl_final")},
+                            "distinct_2": round(float(group["distinct_2"].mean()), 3)}
+                           for setting, group in runs.groupby("setting")])  # fmt: skip
+    rm_table = pd.DataFrame([{"condition": c, "model": k, **v} for c, m in reward_metrics.items()
+                             for k, v in m.items() if k.startswith(("member", "ensemble"))])  # fmt: skip
+    metrics = {f"setting.{s}.{c}.mean": float(g[c].mean()) for s, g in runs.groupby("setting") for c in ("proxy_final", "kl_final")}
+    metrics["gold"] = "none"
+    for c, m in reward_metrics.items():
+        metrics[f"rm.{c}.ensemble.accuracy"] = m["ensemble"]["rm/accuracy"]
+    with replacing_dir(cfg.paths.report, merge=True) as out:
+        fig_dir = out / "figures"
+
+        def draw(axes):
+            for ax, x in zip(axes, ("step", "kl")):
+                draw_bands(ax, seed_band(hist, "proxy", x=x), x, "proxy")
+                ax.set(xlabel="PPO iteration" if x == "step" else "KL(π‖π_SFT) (nats)", ylabel="proxy reward",
+                       title=f"proxy vs {x} (mean, 95 % band over seeds)")
+            axes[0].legend(fontsize=6)
+
+        png = figure(fig_dir / "proxy.png", draw)
+        write_json(out / "metrics.json", metrics)
+        config_lib.save(cfg, out / "config.yaml")
+        sections = [
+            f"<h1>{html.escape(r.title)}</h1>",
+            "<p><b>Gold is absent</b> (<code>task.gold</code> is none): over-optimisation cannot be measured "
+            "without a reference reward, so this report shows what the runs do measure: the proxy reward the "
+            "policies were trained on, their KL from the SFT policy, and the reward models' accuracy on held-out "
+            "preference pairs. Set <code>task.gold</code> to a reward model or a <code>module:function</code> "
+            "for the proxy-vs-gold analyses.</p>",
+            METHODS, "<h2>Proxy reward and KL</h2>", embed(png), table(levels),
+            "<h2>Reward models (held-out pairs)</h2>", table(rm_table),
+        ]
+        (out / "report.html").write_text(style_page(r.title, sections))
+    return metrics
+
+
 def run(cfg: Config) -> dict:
     ppo_dir, r = Path(cfg.paths.ppo), cfg.report
     runs, hist = load_runs(ppo_dir)
     conditions = list(cfg.reward_conditions)
     first = conditions[0]
-    bon = pd.read_csv(Path(cfg.paths.best_of_n) / "bon.csv")
     reward_metrics = {c: json.loads((Path(cfg.for_condition(c).paths.reward) / "metrics.json").read_text())
                       for c in conditions}  # fmt: skip
+    if "gold" not in hist:
+        return proxy_only_report(cfg, runs, hist, reward_metrics)
+    bon = pd.read_csv(Path(cfg.paths.best_of_n) / "bon.csv")
     calibration = pd.read_csv(Path(cfg.for_condition(first).paths.reward) / "calibration.csv")
     sweep_dir = Path(cfg.paths.sweep)
     trials = pd.read_csv(sweep_dir / "trials.csv")
@@ -380,7 +443,7 @@ def run(cfg: Config) -> dict:
         sections = [
             f"<h1>{html.escape(r.title)}</h1>",
             "<p>Every number below is read from the runs' files written by the pipeline "
-            "(<code>runs/</code>, <code>models/reward</code>); gold is the task's programmatic reward, proxy the "
+            f"(<code>runs/</code>, <code>models/reward</code>); {describe_gold(cfg)}, proxy the "
             "learned reward model(s) used for training, normalised to mean 0 / std 1 on SFT samples.</p>",
             METHODS,
             "<h2>1. Over-optimisation (Gao et al. 2022)</h2>", embed(overopt_png),
@@ -416,12 +479,7 @@ def run(cfg: Config) -> dict:
             table(rounded_trials(trials)),
             "<h2>8. Every run</h2>", table(run_table),
         ]
-        style = ("body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}"
-                 ".t{border-collapse:collapse;font-size:12px;margin:0.5em 0}.t td,.t th{padding:2px 8px;"
-                 "border-bottom:1px solid #ddd}")  # fmt: skip
-        page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(r.title)}</title>" \
-               f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"  # fmt: skip
-        (out / "report.html").write_text(page)
+        (out / "report.html").write_text(style_page(r.title, sections))
     return metrics
 
 

@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config
 from rlhf_lab.data import DataError, read_jsonl, write_json
-from rlhf_lab.models import encode_texts, load_tokenizer
+from rlhf_lab.dataset_io import Rows, join_text
+from rlhf_lab.lora import add_lora
+from rlhf_lab.models import encode_texts, load_tokenizer, prepare_for_training
 from rlhf_lab.preference import (
     calibration_bins,
     expected_calibration_error,
@@ -55,11 +57,15 @@ def load_pairs(path: Path) -> list[dict]:
 
 
 def pair_datasets(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) pairs: the preference stage's, or an external file split 90/10."""
+    """(train, held-out) pairs: the preference stage's, or ``reward.dataset`` split 90/10.
+
+    A conversational dataset is rendered with the policy's chat template: the reward models must
+    read text as the policy will write it."""
     if cfg.reward.dataset is None:
         prefs = Path(cfg.paths.preferences)
         return load_pairs(prefs / "train.jsonl"), load_pairs(prefs / "eval.jsonl")
-    rows = load_pairs(Path(cfg.reward.dataset))
+    policy_tokenizer = load_tokenizer(cfg.paths.sft)
+    rows = Rows(cfg.reward.dataset, policy_tokenizer, f"the policy tokenizer ({cfg.paths.sft})").pairs()
     order = np.random.default_rng(cfg.runtime.seed).permutation(len(rows))
     n_eval = max(1, len(rows) // 10)
     return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
@@ -67,7 +73,7 @@ def pair_datasets(cfg: Config) -> tuple[list[dict], list[dict]]:
 
 def side(rows: list[dict], which: str) -> tuple[list[str], list[bool]]:
     """``prompt response`` texts and ended flags of the ``chosen`` or ``rejected`` side."""
-    return [f"{r['prompt']} {r[which]}" for r in rows], [r.get(f"{which}_ended", True) for r in rows]
+    return [join_text(r["prompt"], r[which]) for r in rows], [r.get(f"{which}_ended", True) for r in rows]
 
 
 def encode_side(tokenizer, rows: list[dict], which: str, max_length: int):
@@ -107,6 +113,8 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
     train = pair_loader(tokenizer, rows, r.max_length, r.batch_size, True, seed=cfg.runtime.seed + k)
     val = pair_loader(tokenizer, eval_rows, r.max_length, 256, False, seed=0)
     model = load_reward_backbone(r.backbone or cfg.paths.sft, seed=cfg.runtime.seed * 1000 + k)
+    adapter = add_lora(model, r.lora, task_type=None, trainable=("score",)) if r.lora else None
+    prepare_for_training(model, cfg.runtime)
     module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train))
     logger = mlflow_logger(
         cfg, "reward", run_name=name or f"reward-member-{k}",
@@ -114,6 +122,8 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
     )  # fmt: skip
     trainer = make_trainer(cfg.runtime, logger, max_epochs=r.epochs, log_every_n_steps=10)
     trainer.fit(module, train, val)
+    if adapter is not None:  # merged, so a member loads with plain AutoModelForSequenceClassification
+        model = adapter.merge_and_unload()
     return model, logger
 
 
@@ -167,12 +177,12 @@ def load_pair_data(cfg: Config) -> PairData:
         [r_.get("chosen_gold", 1) >= r_.get("rejected_gold", 0) for r_ in eval_rows], dtype=bool
     )
     fresh_path = Path(cfg.paths.preferences) / "sft_samples.jsonl"
-    fresh = read_jsonl(fresh_path) if cfg.reward.dataset is None and fresh_path.is_file() else None
+    fresh = read_jsonl(fresh_path) if fresh_path.is_file() else None
     if fresh:
-        calibration = ([f"{x['prompt']} {x['response']}" for x in fresh], [x["ended"] for x in fresh])
+        calibration = ([join_text(x["prompt"], x["response"]) for x in fresh], [x["ended"] for x in fresh])
     else:
         calibration = side(train_rows, "chosen")
-    sft_gold = np.array([row["gold"] for row in fresh]) if fresh else None
+    sft_gold = np.array([row["gold"] for row in fresh]) if fresh and "gold" in fresh[0] else None
     return PairData(train_rows, eval_rows, eval_labels, calibration, sft_gold)
 
 

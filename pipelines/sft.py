@@ -15,12 +15,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config
-from rlhf_lab.data import read_texts, write_json, write_jsonl
+from rlhf_lab.data import DataError, read_jsonl, read_texts, write_json, write_jsonl
 from rlhf_lab.generation import decode_responses, left_pad, sample
-from rlhf_lab.models import build_policy, encode_texts, load_tokenizer
+from rlhf_lab.gold import gold_reward
+from rlhf_lab.lora import add_lora, save_adapter_and_merged
+from rlhf_lab.models import build_policy, encode_completions, encode_texts, load_tokenizer, prepare_for_training
 from rlhf_lab.sft import CausalLMModule
 from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
-from rlhf_lab.task import gold_reward
 
 
 def generate_samples(cfg: Config, model, tokenizer, prompts: list[str], seed: int) -> list[dict]:
@@ -40,7 +41,7 @@ def generate_samples(cfg: Config, model, tokenizer, prompts: list[str], seed: in
     rows = [{"prompt": p, "response": r, "ended": e} for p, r, e in zip(prompts, responses, ended)]
     gold = gold_reward(cfg)
     if gold is not None:
-        scores = gold([f"{p} {r}" for p, r in zip(prompts, responses)], ended)
+        scores = gold(prompts, responses, ended)
         for row, score in zip(rows, scores):
             row["gold"] = round(float(score), 4)
     return rows
@@ -61,9 +62,24 @@ class SampleLogger(Callback):
         logger.experiment.log_text(logger.run_id, text, f"samples/epoch_{trainer.current_epoch}.txt")
 
 
-def loader(tokenizer, texts: list[str], max_length: int, batch_size: int, shuffle: bool) -> DataLoader:
-    ids, mask = encode_texts(tokenizer, texts, max_length)
-    return DataLoader(TensorDataset(ids, mask), batch_size=batch_size, shuffle=shuffle)
+def read_demonstrations(path: Path) -> list[dict]:
+    """The data stage's rows: all {"text"}, or all {"prompt", "completion"}."""
+    rows = read_jsonl(path)
+    keys = ("prompt", "completion") if "completion" in rows[0] else ("text",)
+    for number, row in enumerate(rows, start=1):
+        if not all(isinstance(row.get(k), str) for k in keys):
+            raise DataError(f"{path}:{number}: expected string fields {', '.join(keys)}")
+    return rows
+
+
+def loader(tokenizer, rows: list[dict], max_length: int, batch_size: int, shuffle: bool) -> DataLoader:
+    """Batches of (ids, mask) for text rows, (ids, mask, loss mask) when only completions are learned."""
+    if "completion" in rows[0]:
+        tensors = encode_completions(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
+                                     max_length)  # fmt: skip
+    else:
+        tensors = encode_texts(tokenizer, [r["text"] for r in rows], max_length)
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle)
 
 
 def run(cfg: Config) -> dict:
@@ -71,11 +87,13 @@ def run(cfg: Config) -> dict:
     data = Path(cfg.paths.data)
     tokenizer = load_tokenizer(data / "tokenizer")
     s = cfg.sft
-    train = loader(tokenizer, read_texts(data / "train.jsonl", "text"), s.max_length, s.batch_size, True)
-    val = loader(tokenizer, read_texts(data / "val.jsonl", "text"), s.max_length, s.batch_size, False)
+    train = loader(tokenizer, read_demonstrations(data / "train.jsonl"), s.max_length, s.batch_size, True)
+    val = loader(tokenizer, read_demonstrations(data / "val.jsonl"), s.max_length, s.batch_size, False)
     prompts = read_texts(data / "prompts_eval.jsonl", "prompt")
 
     model = build_policy(cfg.model, tokenizer)
+    adapter = add_lora(model, cfg.model.lora) if cfg.model.lora else None
+    prepare_for_training(model, cfg.runtime)
     total_steps = s.epochs * len(train)
     module = CausalLMModule(model, s.lr, s.weight_decay, s.warmup_steps, total_steps)
     logger = mlflow_logger(cfg, "sft")
@@ -97,8 +115,11 @@ def run(cfg: Config) -> dict:
     if not trainer.is_global_zero:
         return metrics
     with replacing_dir(cfg.paths.sft) as out:
-        model.save_pretrained(out)  # safetensors by default
-        tokenizer.save_pretrained(out)
+        if adapter is not None:  # the adapter for peft, and merged weights for everything downstream
+            save_adapter_and_merged(adapter, out, tokenizer)
+        else:
+            model.save_pretrained(out)  # safetensors by default
+            tokenizer.save_pretrained(out)
         write_jsonl(out / "samples.jsonl", rows)
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")

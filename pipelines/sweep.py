@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 from lightning.pytorch.callbacks import Callback
 
 from rlhf_lab import config as config_lib
-from rlhf_lab.config import Config, ConfigError
+from rlhf_lab.config import Config
 from rlhf_lab.data import write_json
+from rlhf_lab.gold import gold_kind
 from rlhf_lab.stage import create_parent_run, replacing_dir, stage_main, tracking_uri
-from rlhf_lab.task import gold_reward
 
 
 class GoldPruning(Callback):
@@ -165,8 +166,13 @@ def summarise(study: optuna.Study, objective: str) -> tuple[dict, "object"]:
 
 
 def run(cfg: Config, n_trials: str | None = None, storage: str | None = None, study_name: str | None = None) -> dict:
-    if gold_reward(cfg) is None:
-        raise ConfigError("sweep: the objective is the gold score, which needs data.source: builtin")
+    if gold_kind(cfg) == "none":  # the objective is gold: nothing to optimise, say so and go on
+        with replacing_dir(cfg.paths.sweep) as out:
+            pd.DataFrame(columns=["number", "state"]).to_csv(out / "trials.csv", index=False)
+            metrics = {"sweep.n_trials": 0, "sweep.skipped": "no gold reward (task.gold: none)"}
+            write_json(out / "metrics.json", metrics)
+            config_lib.save(cfg, out / "config.yaml")
+        return metrics
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.sweep
     trials = int(n_trials) if n_trials is not None else s.n_trials

@@ -51,6 +51,34 @@ def seed_list(seeds, name: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def _check_dataset(value: Any, name: str) -> None:
+    """A dataset param: a path or hub name, or a mapping of path, split and subset (rlhf_lab/dataset_io.py)."""
+    if isinstance(value, str):
+        _check(bool(value), name, "expected a path or dataset name")
+        return
+    unknown = sorted(set(value) - {"path", "split", "subset"})
+    _check(not unknown, name, "a dataset mapping has the keys path, split and subset only")
+    _check(isinstance(value.get("path"), str) and bool(value["path"]), name, "a dataset mapping needs a path")
+    for key in ("split", "subset"):
+        _check(value.get(key) is None or isinstance(value[key], str), name, f"{key} must be a string")
+
+
+LORA_KEYS = {"r": int, "alpha": (int, float), "dropout": (int, float), "target_modules": (str, list)}
+
+
+def _check_lora(value: dict | None, name: str) -> None:
+    """LoRA settings (peft): r (rank), alpha, dropout, target_modules ("all-linear" or a list of names)."""
+    if value is None:
+        return
+    unknown = sorted(set(value) - set(LORA_KEYS))
+    _check(not unknown, name, f"LoRA keys are {', '.join(LORA_KEYS)}")
+    for key, kind in LORA_KEYS.items():
+        if key in value:
+            _check(isinstance(value[key], kind) and not isinstance(value[key], bool), name, f"{key} has the wrong type")
+    _check(value.get("r", 8) >= 1, name, "r must be >= 1")
+    _check(0 <= value.get("dropout", 0) < 1, name, "dropout must be in [0, 1)")
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -81,6 +109,7 @@ class RuntimeConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy: auto | ddp | ddp_spawn | fsdp ...
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | 16-mixed ...
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     # Independent runs (a PPO setting's seeds) done at once in forked workers;
     # 0 = auto: all of them on one CPU device, one at a time on accelerators (rlhf_lab/parallel.py).
     parallel_runs: int = 0
@@ -114,8 +143,16 @@ class TaskConfig:
     grammar_weight: float = 2.0
     repetition_weight: float = 1.0
     no_eos_penalty: float = 1.0
+    # The gold reward (rlhf_lab/gold.py): builtin | none | a sequence-classification model (path or
+    # hub name) | module:function. None: builtin with the built-in data, none with your own.
+    gold: Optional[str] = None
+    gold_label: int | str | None = None  # a gold model's logit (index or label name); None: its only one
+    gold_batch_size: int = 64
+    gold_max_length: int = 512
 
     def __post_init__(self):
+        _check(self.gold_batch_size >= 1, "gold_batch_size", "expected an integer >= 1")
+        _check(self.gold_max_length >= 1, "gold_max_length", "expected an integer >= 1")
         _check(self.min_clauses >= 1, "min_clauses", "expected an integer >= 1")
         _check(self.max_clauses >= self.min_clauses, "max_clauses", "expected >= task.min_clauses")
         for name in ("negation_prob", "intensifier_prob"):
@@ -126,10 +163,13 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Demonstrations and prompts: the built-in task, or local text/JSONL files."""
+    """Demonstrations and prompts: the built-in task, or any dataset (rlhf_lab/dataset_io.py)."""
 
-    source: str = "builtin"  # "builtin" or a path to a .txt (one text a line) or .jsonl ({"text"})
-    prompts: Optional[str] = None  # external prompts (.txt or .jsonl {"prompt"}); builtin makes its own
+    # "builtin", or a dataset: a .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a hub
+    # name, or a mapping {path, split, subset}; any TRL layout with completions.
+    source: str | dict = "builtin"
+    prompts: str | dict | None = None  # a dataset of prompts; None: data.source's own prompts
+    prompt_words: int = 0  # language-modeling (text) rows as prompts: their first N words
     train_samples: int = 20000
     val_samples: int = 1000
     train_prompts: int = 4096
@@ -138,6 +178,11 @@ class DataConfig:
     def __post_init__(self):
         for name in ("train_samples", "val_samples", "train_prompts", "eval_prompts"):
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+        _check(self.prompt_words >= 0, "prompt_words", "expected an integer >= 0")
+        if self.source != "builtin":
+            _check_dataset(self.source, "source")
+        if self.prompts is not None:
+            _check_dataset(self.prompts, "prompts")
 
 
 @dataclass(frozen=True)
@@ -149,8 +194,12 @@ class ModelConfig:
     n_embd: int = 64
     n_head: int = 4
     n_positions: int = 64
+    # LoRA (peft) for the policy in SFT and PPO: {r, alpha, dropout, target_modules}; None = full
+    # fine-tuning. With LoRA, PPO's reference is the policy with its adapter switched off.
+    lora: Optional[dict] = None
 
     def __post_init__(self):
+        _check_lora(self.lora, "lora")
         for name in ("n_layer", "n_embd", "n_head", "n_positions"):
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
         _check(self.n_embd % self.n_head == 0, "n_head", "must divide model.n_embd")
@@ -200,7 +249,8 @@ class RewardConfig:
     members: int = 5
     bootstrap: bool = False  # each member trains on a bootstrap resample of the pairs
     backbone: Optional[str] = None  # None: initialise from the SFT model; else any HF model path
-    dataset: Optional[str] = None  # external prompt/chosen/rejected JSONL; None: the preference stage's
+    dataset: str | dict | None = None  # preference pairs (any dataset, TRL layout); None: the preference stage's
+    lora: Optional[dict] = None  # LoRA (peft) for the reward models: {r, alpha, dropout, target_modules}
     epochs: int = 2
     batch_size: int = 64
     lr: float = 1e-3
@@ -216,6 +266,9 @@ class RewardConfig:
         _check(self.lr > 0, "lr", "expected a number > 0")
         _check(self.margin >= 0, "margin", "expected a number >= 0")
         _check(all(n >= 2 for n in self.scaling_pairs), "scaling_pairs", "expected integers >= 2")
+        if self.dataset is not None:
+            _check_dataset(self.dataset, "dataset")
+        _check_lora(self.lora, "lora")
 
 
 @dataclass(frozen=True)
@@ -431,7 +484,7 @@ def _describe(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}.get(
         tp, str(tp)
     )
 
@@ -484,6 +537,10 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        raise ValueError
+    if tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
         raise ValueError
     raise TypeError(f"unsupported config type {tp}")
 

@@ -73,6 +73,29 @@ def load_causal_lm(path: str | Path) -> torch.nn.Module:
         raise UserError(f"{path}: cannot load a causal LM ({str(err).splitlines()[0]})") from None
 
 
+def prepare_for_training(model: torch.nn.Module, runtime) -> None:
+    """``runtime.gradient_checkpointing``: recompute activations in backward (memory for compute)."""
+    if runtime.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+
+def encode_completions(tokenizer, prompts: list[str], completions: list[str], max_length: int):
+    """Right-padded ``<bos> prompt completion <eos>`` ids, attention mask and loss mask (1 on the
+    completion and its <eos> only), each (B, T). Prompt and completion are tokenized apart, as the
+    policy sees them: a prompt, then the tokens it generates."""
+    ids, loss = [], []
+    for prompt, completion in zip(prompts, completions):
+        head = [tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False)
+        tail = tokenizer.encode(completion, add_special_tokens=False)[: max(0, max_length - len(head) - 1)]
+        tail.append(tokenizer.eos_token_id)
+        ids.append((head + tail)[-max_length:])
+        loss.append(([0] * len(head) + [1] * len(tail))[-max_length:])
+    padded, mask = pad_sequences(ids, tokenizer.pad_token_id)
+    loss_mask, _ = pad_sequences(loss, 0)
+    return padded, mask, loss_mask
+
+
 def encode_texts(tokenizer, texts: list[str], max_length: int, ended: list[bool] | None = None):
     """Right-padded ``<bos> text [<eos>]`` ids and attention mask, each (B, T).
 

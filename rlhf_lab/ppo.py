@@ -1,7 +1,7 @@
 """PPO for language models as a Lightning module (manual optimisation): plumbing around ppo_math.
 
-Four models: the policy (trainable, from SFT), a frozen reference (SFT), frozen reward model(s),
-and a value model (trainable; by default a copy of reward member 0, Huang et al. 2024 §"value
+Four models: the policy (trainable, from SFT), a frozen reference (SFT; with LoRA, the policy
+with its adapter switched off), frozen reward model(s), and a value model (trainable; by default a copy of reward member 0, Huang et al. 2024 §"value
 model initialisation"; or a head shared with the policy). One ``training_step`` is one PPO
 iteration: 1 rollout, 2 score, 3 per-token rewards, 4 GAE, 5 K epochs × M minibatches of updates.
 """
@@ -20,6 +20,7 @@ from rlhf_lab.attention import use_attention
 from rlhf_lab.config import PPOConfig
 from rlhf_lab.ensemble import aggregate
 from rlhf_lab.generation import Samples, next_token_logits, position_ids, sample
+from rlhf_lab.lora import adapters_disabled
 from rlhf_lab.reward_model import last_token_scores, normalised, token_scores
 from rlhf_lab.sft import check_finite
 
@@ -84,13 +85,17 @@ class PPOModule(pl.LightningModule):
         self,
         cfg: PPOConfig,
         policy: torch.nn.Module,
-        ref_policy: torch.nn.Module,
+        ref_policy: torch.nn.Module | None,
         reward_models: list[torch.nn.Module],
         value_model: torch.nn.Module | None,
         eos_token_id: int,
         pad_token_id: int,
         evaluate: Callable[["PPOModule", int], None] | None = None,
+        reward_inputs: Callable | None = None,
     ):
+        """``ref_policy`` None: the policy carries LoRA adapters and its base weights are the reference.
+        ``reward_inputs(seq, mask, prompt_len) -> (ids, mask)``: the reward models' own tokens for
+        the policy's sequences, when their tokenizer differs (None: they read the policy's ids)."""
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen models
@@ -109,8 +114,9 @@ class PPOModule(pl.LightningModule):
         for model in self.models():
             disable_dropout(model)
             fuse_tanh_gelu(model)
-        for frozen in (ref_policy, *reward_models):
+        for frozen in (*([ref_policy] if ref_policy is not None else []), *reward_models):
             frozen.requires_grad_(False).eval()
+        self.reward_inputs = reward_inputs
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.kl_ctl = make_kl_controller(cfg)
         # torch.compile fuses the elementwise work around the matmuls of the update, the frozen rollout
@@ -125,8 +131,9 @@ class PPOModule(pl.LightningModule):
 
     def models(self) -> list[torch.nn.Module]:
         """The policy, the reference, the reward members and the value model when it is separate."""
+        ref = [self.ref_policy] if self.ref_policy is not None else []
         value = [self.value_model] if self.value_model is not None else []
-        return [self.policy, self.ref_policy, *self.reward_models, *value]
+        return [self.policy, *ref, *self.reward_models, *value]
 
     # ---------------------------------------------------------------- forward helpers
     def _keep_lm_head_input(self, _module, args, _output) -> None:
@@ -149,8 +156,10 @@ class PPOModule(pl.LightningModule):
         return logits, values[:, prompt_len - 1 : prompt_len - 1 + R]
 
     @torch.no_grad()
-    def score(self, seq: torch.Tensor, mask: torch.Tensor, members: int | None = None) -> torch.Tensor:
+    def score(self, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int, members: int | None = None) -> torch.Tensor:
         """Normalised rewards of the first ``members`` members (default all): (K, B)."""
+        if self.reward_inputs is not None:
+            seq, mask = self.reward_inputs(seq, mask, prompt_len)
         return torch.stack(
             [normalised(rm, last_token_scores(rm, seq, mask).float()) for rm in self.reward_models[:members]]
         )
@@ -197,14 +206,18 @@ class PPOModule(pl.LightningModule):
         _, values = self._response_logits_and_values(seq, seq_mask, P, need_logits=False)
         # The single objective reads member 0 only: the other members' passes are left to the evaluations.
         members = 1 if self.cfg.reward_objective == "single" else None
-        return ref_logprobs, values, self.score(seq, seq_mask, members), kl_exact
+        return ref_logprobs, values, self.score(seq, seq_mask, P, members), kl_exact
 
     @torch.no_grad()
     def reference_logprobs(self, seq: torch.Tensor, seq_mask: torch.Tensor, response_ids: torch.Tensor,
                            distributions: torch.Tensor | None = None):  # fmt: skip
         """The reference's tempered log-probs of the response tokens (B, R) and, given the policy's
         sampling log-``distributions`` (B, R, V), the exact per-token KL to the reference (B, R)."""
-        ref_logits = response_logits(self.ref_policy, seq, seq_mask, response_ids.shape[1])
+        if self.ref_policy is None:
+            with adapters_disabled(self.policy):
+                ref_logits = response_logits(self.policy, seq, seq_mask, response_ids.shape[1])
+        else:
+            ref_logits = response_logits(self.ref_policy, seq, seq_mask, response_ids.shape[1])
         ref_logp = pm.log_softmax_at_temperature(ref_logits, self.cfg.temperature)  # (B, R, V)
         kl_exact = None if distributions is None else pm.kl_between(distributions, ref_logp)
         return pm.gather_tokens(ref_logp, response_ids), kl_exact

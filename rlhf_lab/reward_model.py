@@ -144,3 +144,28 @@ def score_texts(
         ids, mask = encode_texts(tokenizer, texts[start:stop], max_length, ended[start:stop])
         out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
     return torch.cat(out)
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two tokenizers give every token the same id (then a model of one reads the other's ids)."""
+    return a.get_vocab() == b.get_vocab() and (a.bos_token_id, a.eos_token_id) == (b.bos_token_id, b.eos_token_id)
+
+
+class Retokenizer:
+    """The policy's sampled sequences as a reward model of another tokenizer reads them: decoded to
+    ``prompt`` and ``response`` text, joined as the reward stage joined them, encoded again."""
+
+    def __init__(self, policy_tokenizer, reward_tokenizer, max_length: int):
+        self.policy, self.reward, self.max_length = policy_tokenizer, reward_tokenizer, max_length
+
+    def __call__(self, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from rlhf_lab.dataset_io import join_text
+
+        texts, ended = [], []
+        for ids, m in zip(seq.tolist(), mask.tolist()):
+            prompt = [t for t, keep in zip(ids[:prompt_len], m[:prompt_len]) if keep][1:]  # without the <bos>
+            response = [t for t, keep in zip(ids[prompt_len:], m[prompt_len:]) if keep]
+            ended.append(bool(response) and response[-1] == self.policy.eos_token_id)
+            texts.append(join_text(self.policy.decode(prompt), self.policy.decode(response, skip_special_tokens=True)))
+        ids, new_mask = encode_texts(self.reward, texts, self.max_length, ended)
+        return ids.to(seq.device), new_mask.to(seq.device)

@@ -44,8 +44,8 @@ class CausalLMModule(pl.LightningModule):
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
 
     def _loss(self, batch) -> torch.Tensor:
-        input_ids, mask = batch
-        labels = input_ids.masked_fill(mask == 0, -100)  # no loss on padding
+        input_ids, mask, *loss_mask = batch  # a third tensor: the loss is on completions only
+        labels = input_ids.masked_fill((loss_mask[0] if loss_mask else mask) == 0, -100)  # nor on padding
         return self.model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
     def training_step(self, batch, batch_idx):

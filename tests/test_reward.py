@@ -67,7 +67,7 @@ def test_external_preference_dataset_with_a_malformed_line(tmp_path, tiny_cfg, r
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "the plot", "chosen": "x"}) + "\n")
     cfg = tiny_cfg.replace(reward={"dataset": str(path)}, paths={"reward": str(tmp_path / "rm")})
-    with pytest.raises(DataError, match=r"prefs.jsonl:2: missing string field 'rejected'"):
+    with pytest.raises(DataError, match=r"prefs.jsonl: row 2: 'rejected' is not a non-empty string"):
         reward.run(cfg)
     assert not (tmp_path / "rm" / "clean").exists()  # nothing half-written
 
