@@ -1,7 +1,7 @@
 """Datasets from anywhere, in TRL's layouts: the one place every stage reads external data.
 
 A dataset param (``data.source``, ``data.prompts``, ``reward.dataset``) is a local ``.jsonl`` /
-``.json`` / ``.parquet`` / ``.csv`` file, a folder written by ``Dataset.save_to_disk``, or a hub
+``.json`` / ``.parquet`` / ``.csv`` file (or ``.txt``: one ``text`` a line), a folder written by ``Dataset.save_to_disk``, or a hub
 name (read only when ``HF_HUB_OFFLINE=0``); as a mapping it may add ``split`` and ``subset``:
 ``{path: trl-lib/ultrafeedback_binarized, split: train}``. Reading goes through ``datasets``.
 
@@ -44,7 +44,7 @@ LAYOUTS = {  # name: the columns that identify it, most specific first
     "language modeling": ("text",),
     "conversational language modeling": ("messages",),
 }
-FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,20 @@ def word_tokenizer(texts: list[str], chat_template: str | None = None):
     return tokenizer
 
 
+def other_word_tokenizer(texts: list[str]):
+    """A word tokenizer of the same words under other ids: a filler word, most frequent, shifts them all."""
+    return word_tokenizer(texts + ["<filler>"] * (len(texts) + 1000))
+
+
 def save_tiny_llama(path: Path, texts: list[str]) -> Path:
     """A 2-layer Llama with grouped-query attention and a chat-templated word tokenizer.
 
     Initialised wide (std 0.3, not 0.02): behind its final RMSNorm, a frozen head of std 0.02 caps the
     logits near ±0.6, which no adapter can get past; a pretrained model's head is not so flat."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(0)
     tokenizer = word_tokenizer(texts, CHAT_TEMPLATE)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.3,
@@ -50,11 +57,11 @@ def save_tiny_llama(path: Path, texts: list[str]) -> Path:
 
 def save_tiny_gold(path: Path, texts: list[str], seed: int = 0) -> Path:
     """A random 1-layer GPT-2 sequence classifier with two labels (NEG, POS) and its own tokenizer
-    (a different vocabulary order from the policy's): a deterministic stand-in for a gold RM."""
+    (other ids than the policy's): a deterministic stand-in for a gold RM."""
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    tokenizer = word_tokenizer(sorted(set(" ".join(texts).split()), reverse=True))
+    tokenizer = other_word_tokenizer(texts)
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=16, n_head=2, n_positions=128, num_labels=2,
                         id2label={0: "NEG", 1: "POS"}, label2id={"NEG": 0, "POS": 1},
@@ -114,11 +121,11 @@ def write_dataset(rows: list[dict], path: Path) -> Path:
 
 
 def save_tiny_gpt2_backbone(path: Path, texts: list[str]) -> Path:
-    """A tiny GPT-2 causal LM whose word tokenizer numbers the same words in another order: a reward
-    backbone of another tokenizer than the policy's."""
+    """A tiny GPT-2 causal LM whose word tokenizer gives the same words other ids: a reward backbone
+    of another tokenizer than the policy's."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = word_tokenizer(sorted(set(" ".join(texts).split()), reverse=True))
+    tokenizer = other_word_tokenizer(texts)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=32, n_head=2, n_positions=128,
                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id)  # fmt: skip

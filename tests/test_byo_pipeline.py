@@ -113,7 +113,8 @@ def test_gold_model_labels_the_pairs(gold_model_pipeline):
     cfg, results = gold_model_pipeline
     prefs = cfg.for_condition()
     rows = read_jsonl(Path(prefs.paths.preferences) / "train.jsonl")
-    assert all(r["chosen_gold"] > r["rejected_gold"] for r in rows)  # noise-free Bradley–Terry, T = 0
+    assert all(r["chosen_gold"] >= r["rejected_gold"] for r in rows)  # noise-free Bradley–Terry, T = 0
+    assert np.mean([r["chosen_gold"] > r["rejected_gold"] for r in rows]) > 0.9  # ties only where gold ties
     assert results["preferences"]["preferences/gold"].endswith("gold-rm (logit 1)")
 
 
@@ -166,3 +167,17 @@ def test_without_gold_every_stage_runs_and_the_report_says_so(no_gold_pipeline):
     report = (Path(cfg.paths.report) / "report.html").read_text()
     assert "Gold is absent" in report
     assert results["report"]["gold"] == "none" and "rm.clean.ensemble.accuracy" in results["report"]
+
+
+def test_a_value_model_that_cannot_read_the_policy_tokens_is_refused(gold_model_pipeline):
+    from pipelines.ppo import build_module
+    from rlhf_lab.config import ConfigError
+    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.reward_model import same_vocabulary
+
+    cfg, _ = gold_model_pipeline
+    policy_tokenizer = load_tokenizer(cfg.paths.sft)
+    member = Path(cfg.for_condition().paths.reward) / "member_0"
+    assert not same_vocabulary(policy_tokenizer, load_tokenizer(member))  # the RMs did read re-encoded text
+    with pytest.raises(ConfigError, match=r"ppo.value_model: separate copies reward member 0 .* use shared"):
+        build_module(cfg.for_condition().replace(ppo={"value_model": "separate"}), policy_tokenizer)
