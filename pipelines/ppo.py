@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
@@ -36,7 +36,15 @@ from rlhf_lab.models import load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf_lab.preference import spearman
 from rlhf_lab.reward_model import Retokenizer, load_frozen_reward, member_paths, same_vocabulary
 from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
-from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
+from rlhf_lab.stage import (
+    apply_runtime,
+    checkpoint_callback,
+    make_trainer,
+    mlflow_logger,
+    replacing_dir,
+    stage_main,
+    unreadable_checkpoint,
+)
 from rlhf_lab.stats import t_interval
 
 
@@ -106,13 +114,6 @@ class Evaluator:
         module.policy.train(was_training)
 
 
-def prompt_loader(tokenizer, prompts: list[str], batch_size: int, seed: int) -> DataLoader:
-    ids, mask = left_pad(tokenizer, prompts)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(ids, mask), batch_size=batch_size, shuffle=True, drop_last=True,
-                      generator=generator)  # fmt: skip
-
-
 def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[PPOModule, object | None]:
     """The PPO module and, with ``model.lora``, the policy's peft wrapper (it saves the adapter)."""
     members = member_paths(cfg)
@@ -157,40 +158,40 @@ def summary(history: list[dict]) -> dict:
 def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | None = None) -> dict:
     """One PPO run of ``cfg`` (its ``ppo.seed``), written into the folder ``out``; returns its metrics.
 
-    Checkpoints live in ``paths.ppo``/.checkpoints/<run_name>/seed_<seed>: a killed run resumes there.
+    Checkpoints live in ``paths.ppo``/.checkpoints/<run_name>/seed_<seed>, every ``ppo.checkpoint_every``
+    iterations: a killed run rerun with the same config resumes there, continues its MLflow run and
+    ends with the evaluation history and metrics the uninterrupted run would have.
     """
     name, seed = cfg.ppo.run_name, cfg.ppo.seed
     apply_runtime(cfg.runtime, seed_offset=seed)
     tokenizer = load_tokenizer(cfg.paths.sft)
     data = Path(cfg.paths.data)
-    train_loader = prompt_loader(tokenizer, read_texts(data / "prompts_train.jsonl", "prompt"), cfg.ppo.batch_size,
-                                 cfg.runtime.seed + seed)  # fmt: skip
-    if len(train_loader) == 0:
+    train_prompts = read_texts(data / "prompts_train.jsonl", "prompt")
+    if len(train_prompts) < cfg.ppo.batch_size:
         raise UserError(f"ppo.batch_size: {cfg.ppo.batch_size} is larger than the number of training prompts")
     eval_prompts = read_texts(data / "prompts_eval.jsonl", "prompt")
 
+    ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name / f"seed_{seed}"
+    resume = resumable_checkpoint(ckpt_dir, _config_text(cfg))
+    run_id_file = ckpt_dir / "mlflow_run_id"
+    run_id = run_id_file.read_text().strip() if resume and run_id_file.is_file() else None
     run_tags = {"ppo_run": name, "seed": str(seed), "reward_condition": Path(cfg.paths.reward).name, **(tags or {})}
-    logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}-seed{seed}", tags=run_tags)
+    logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}-seed{seed}", tags=run_tags, run_id=run_id)
+    run_id_file.write_text(logger.run_id + "\n")
     evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger)
     module, adapter = build_module(cfg, tokenizer, evaluator)
+    module.use_prompts(*left_pad(tokenizer, train_prompts), seed=cfg.runtime.seed + seed)
 
-    # Resume only a checkpoint written under exactly this config.
-    ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name / f"seed_{seed}"
-    resolved = ckpt_dir / "config.yaml"
-    config_text = _config_text(cfg)
-    resume = ckpt_dir / "last.ckpt"
-    if not (resume.is_file() and resolved.is_file() and resolved.read_text() == config_text):
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True)
-        resolved.write_text(config_text)
     steps = optimizer_steps_per_iteration(cfg.ppo)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=cfg.ppo.checkpoint_every * steps,
-                                 enable_version_counter=False, save_top_k=1)  # fmt: skip
+    checkpoint = checkpoint_callback(ckpt_dir / "last.ckpt", cfg.ppo.checkpoint_every, cfg.ppo.iterations, steps)
     trainer = make_trainer(
         cfg.runtime, logger, max_steps=cfg.ppo.iterations * steps, max_epochs=-1,
-        log_every_n_steps=steps, enable_checkpointing=True, callbacks=[checkpoint, *(callbacks or [])],
+        log_every_n_steps=1, callbacks=[checkpoint, *(callbacks or [])],
     )  # fmt: skip
-    trainer.fit(module, train_loader, ckpt_path=str(resume) if resume.is_file() else None)
+    # The batches are the module's prompt schedule; the loader only counts the iterations.
+    iterations = DataLoader(TensorDataset(torch.arange(cfg.ppo.iterations)), batch_size=1,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    trainer.fit(module, iterations, ckpt_path=str(resume) if resume else None)
     evaluator(module, cfg.ppo.iterations)  # the final evaluation
     metrics = summary(module.history)
     if not trainer.is_global_zero:
@@ -212,6 +213,21 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
+
+
+def resumable_checkpoint(ckpt_dir: Path, config_text: str) -> Path | None:
+    """The checkpoint to resume from: one written under exactly this config that loads. Anything
+    else empties the folder for a fresh start; a damaged checkpoint says so in one line."""
+    resolved, last = ckpt_dir / "config.yaml", ckpt_dir / "last.ckpt"
+    if last.is_file() and resolved.is_file() and resolved.read_text() == config_text:
+        why = unreadable_checkpoint(last)
+        if why is None:
+            return last
+        print(f"warning: {last} cannot be read ({why}); this run starts over", file=sys.stderr)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True)
+    resolved.write_text(config_text)
+    return None
 
 
 def train_job(job: tuple[Config, Path]) -> dict:
@@ -257,7 +273,8 @@ def _config_text(cfg: Config) -> str:
 
 
 def main() -> None:
-    stage_main(run, __doc__.splitlines()[0], options={"--run-name": "a run name from params.yaml's ppo_runs"})
+    stage_main(run, __doc__.splitlines()[0], options={"--run-name": "a run name from params.yaml's ppo_runs"},
+               services=("tracking", "hardware"))
 
 
 if __name__ == "__main__":

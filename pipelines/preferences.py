@@ -125,7 +125,8 @@ def run(cfg: Config, condition: str | None = None) -> dict:
 
 
 def main() -> None:
-    stage_main(run, __doc__.splitlines()[0], options={"--condition": "a reward condition from params.yaml's reward_conditions"})
+    stage_main(run, __doc__.splitlines()[0], options={"--condition": "a reward condition from params.yaml's reward_conditions"},
+               services=("hardware",))
 
 
 if __name__ == "__main__":

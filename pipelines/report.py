@@ -521,7 +521,7 @@ def headline_metrics(rl_fit: dict, bon_fit: dict, comparison: pd.DataFrame, beta
 
 
 def main() -> None:
-    stage_main(run, __doc__.splitlines()[0])
+    stage_main(run, __doc__.splitlines()[0], services=("storage",))
 
 
 if __name__ == "__main__":

@@ -225,7 +225,8 @@ def run(cfg: Config, condition: str | None = None) -> dict:
 
 
 def main() -> None:
-    stage_main(run, __doc__.splitlines()[0], options={"--condition": "a reward condition from params.yaml's reward_conditions"})
+    stage_main(run, __doc__.splitlines()[0], options={"--condition": "a reward condition from params.yaml's reward_conditions"},
+               services=("tracking", "hardware"))
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def run(cfg: Config) -> dict:
 
 
 def main() -> None:
-    stage_main(run, __doc__.splitlines()[0])
+    stage_main(run, __doc__.splitlines()[0], services=("tracking", "hardware"))
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ def main() -> None:
         "--n-trials": "trials for this worker (default: sweep.n_trials)",
         "--storage": "Optuna storage URL shared by workers (default: sweep.storage, else SQLite)",
         "--study-name": "study name (default: sweep.study_name)",
-    })  # fmt: skip
+    }, services=("tracking", "hardware", "storage"))  # fmt: skip
 
 
 if __name__ == "__main__":

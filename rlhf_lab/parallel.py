@@ -101,17 +101,30 @@ def _die_with_parent(parent: int) -> None:
             os._exit(1)
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # terminated by the stage (or its death): unwind, closing the runs
+
+
 def _child(fn: Callable, job: Any, threads: int, conn, parent: int) -> None:
     import torch
 
+    from rlhf_lab.stage import close_open_runs, forget_inherited_runs
+
+    forget_inherited_runs()
+    signal.signal(signal.SIGTERM, _stop)
     _die_with_parent(parent)
     _forget_inherited_connections()
     torch.set_num_threads(threads)
     try:
         conn.send(("ok", fn(job)))
     except UserError as err:
+        close_open_runs("FAILED")
         conn.send(("user", str(err)))
+    except (KeyboardInterrupt, SystemExit):
+        close_open_runs("KILLED")
+        conn.send(("error", "worker stopped"))
     except BaseException:  # noqa: BLE001 - everything reaches the parent as text
+        close_open_runs("FAILED")
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()

@@ -8,12 +8,15 @@ iteration: 1 rollout, 2 score, 3 per-token rewards, 4 GAE, 5 K epochs × M minib
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import ppo_math as pm
 from rlhf_lab.attention import use_attention
@@ -128,6 +131,14 @@ class PPOModule(pl.LightningModule):
         self.evaluate_fn = evaluate
         self.history: list[dict] = []  # evaluation rows; saved in checkpoints
         self.samples_history: list[dict] = []
+        self.prompts: tuple[torch.Tensor, torch.Tensor] | None = None  # left-padded training prompts
+        self.schedule_seed = 0
+        self.schedule: list[torch.Tensor] | None = None  # each iteration's prompt indices (on_fit_start)
+        self._resumed_rng: dict | None = None  # random states to restore before the first resumed step
+
+    def use_prompts(self, ids: torch.Tensor, mask: torch.Tensor, seed: int) -> None:
+        """Train on these prompts, iteration i taking the batch ``prompt_schedule`` deals it."""
+        self.prompts, self.schedule_seed = (ids, mask), seed
 
     def models(self) -> list[torch.nn.Module]:
         """The policy, the reference, the reward members and the value model when it is separate."""
@@ -281,10 +292,25 @@ class PPOModule(pl.LightningModule):
     def on_fit_start(self):
         # Here rather than in __init__: "auto" depends on the device the models were moved to.
         use_attention(self.models(), self.cfg.attention, self.device)
+        if self.prompts is not None:
+            world = self.trainer.world_size
+            self.schedule = prompt_schedule(len(self.prompts[0]), self.cfg.batch_size * world, self.cfg.iterations,
+                                            self.schedule_seed)  # fmt: skip
+
+    def iteration_prompts(self, iteration: int, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of iteration ``iteration``'s prompts (the loader's batch without a schedule)."""
+        if self.schedule is None:
+            return batch
+        rank, world = self.global_rank, self.trainer.world_size
+        idx = self.schedule[iteration][rank::world]
+        return self.prompts[0][idx].to(self.device), self.prompts[1][idx].to(self.device)
 
     def training_step(self, batch, batch_idx):
-        prompt_ids, prompt_mask = batch
         iteration = iteration_of(self)
+        if self._resumed_rng is not None:  # continue the random streams exactly where the checkpoint left them
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+        prompt_ids, prompt_mask = self.iteration_prompts(iteration, batch)
         if self.evaluate_fn is not None and iteration % self.cfg.eval_every == 0:
             self.evaluate_fn(self, iteration)
         start = time.perf_counter()
@@ -345,12 +371,49 @@ class PPOModule(pl.LightningModule):
             del state[key]  # frozen: rebuilt from their own folders on resume
         checkpoint["ppo_state"] = {
             "beta": self.kl_ctl.value, "history": self.history, "samples_history": self.samples_history,
+            "rng": rng_state(),
         }  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint["ppo_state"]
         self.kl_ctl.value = state["beta"]
         self.history, self.samples_history = state["history"], state["samples_history"]
+        self._resumed_rng = state.get("rng")
+
+
+def prompt_schedule(n_prompts: int, batch_size: int, iterations: int, seed: int) -> list[torch.Tensor]:
+    """Every iteration's prompt indices, reshuffled at each pass over the prompts exactly as a
+    shuffling DataLoader seeded with ``seed`` deals them. Dealt up front, iteration i's batch depends
+    on (seed, i) alone, so a resumed run trains on the batches an uninterrupted one does."""
+    loader = DataLoader(TensorDataset(torch.arange(n_prompts)), batch_size=batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    schedule: list[torch.Tensor] = []
+    while len(schedule) < iterations:
+        for (indices,) in loader:
+            schedule.append(indices)
+            if len(schedule) == iterations:
+                break
+    return schedule
+
+
+def rng_state() -> dict:
+    """Every random stream a PPO iteration draws from (sampling, minibatch order), in types a
+    ``weights_only`` checkpoint load accepts (tensors, lists, numbers)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "python": random.getstate()}  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def optimizer_steps_per_iteration(cfg: PPOConfig) -> int:

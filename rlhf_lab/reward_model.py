@@ -55,6 +55,9 @@ def member_paths(cfg: Config) -> list[Path]:
     paths = sorted(root.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
     if not paths:
         raise UserError(f"{root}: no reward model members (run the reward stage first)")
+    if cfg.ppo.members and cfg.ppo.members > len(paths):
+        raise UserError(f"ppo.members: {cfg.ppo.members} requested, but {root} has {len(paths)} trained "
+                        f"members (reward.members)")  # fmt: skip
     return paths[: cfg.ppo.members] if cfg.ppo.members else paths
 
 

@@ -160,21 +160,72 @@ class FirstStep(Callback):
         self.step = trainer.global_step
 
 
-def test_killed_run_resumes_where_it_stopped(ppo_cfg):
+def test_crashed_run_resumes_exactly_and_continues_its_mlflow_run(ppo_cfg, tmp_path):
     from pipelines import ppo
 
-    cfg = ppo_cfg.replace(ppo={"run_name": "resumed"}).for_condition()
-    out = Path(cfg.paths.ppo) / "resumed"
+    cfg = ppo_cfg.replace(ppo={"run_name": "resumed", "iterations": 6}).for_condition()
     steps_per_iteration = cfg.ppo.ppo_epochs * cfg.ppo.minibatches
+    whole = ppo.train(cfg.replace(ppo={"run_name": "never_stopped"}), tmp_path / "whole_out")
+    out = Path(cfg.paths.ppo) / "resumed"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ppo.train(cfg, out, callbacks=[Crash(at_step=3 * steps_per_iteration)])
+        ppo.train(cfg, out, callbacks=[Crash(at_step=5 * steps_per_iteration)])
     assert not out.exists()  # no half-written run folder
+    killed = _mlflow_runs(cfg, "ppo-resumed-seed0")
+    assert len(killed) == 1
     first = FirstStep()
     metrics = ppo.train(cfg, out, callbacks=[first])
-    assert first.step == 2 * steps_per_iteration  # restarted from the iteration-2 checkpoint
-    assert metrics["steps"] == 4
-    frame = pd.read_csv(out / "eval_history.csv")
-    assert list(frame["step"]) == [0, 2, 4]
+    assert first.step == 4 * steps_per_iteration  # from the iteration-4 checkpoint: 1 iteration redone
+    # The same evaluations and final metrics as the run that was never interrupted.
+    pd.testing.assert_frame_equal(pd.read_csv(out / "eval_history.csv"), pd.read_csv(tmp_path / "whole_out" / "eval_history.csv"))
+    assert metrics == whole
+    runs = _mlflow_runs(cfg, "ppo-resumed-seed0")
+    assert [r.info.run_id for r in runs] == [killed[0].info.run_id]  # continued, not a second run
+    assert runs[0].info.status == "FINISHED"
+    history = _metric_steps(cfg, runs[0].info.run_id, "ppo/kl")
+    assert history == list(range(6))  # every iteration logged, once
+
+
+def test_a_damaged_checkpoint_warns_and_starts_over(ppo_cfg, tmp_path, capsys):
+    from pipelines import ppo
+
+    cfg = ppo_cfg.replace(paths={"ppo": str(tmp_path / "ppo")}, ppo={"run_name": "damaged"}).for_condition()
+    steps_per_iteration = cfg.ppo.ppo_epochs * cfg.ppo.minibatches
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ppo.train(cfg, tmp_path / "out", callbacks=[Crash(at_step=3 * steps_per_iteration)])
+    last = tmp_path / "ppo" / ".checkpoints" / "damaged" / "seed_0" / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # what a kill in the middle of a plain write would leave
+    first = FirstStep()
+    metrics = ppo.train(cfg, tmp_path / "out", callbacks=[first])
+    assert first.step == 0 and metrics["steps"] == 4  # a clean start, no crash
+    err = capsys.readouterr().err
+    assert f"warning: {last} cannot be read (" in err and "this run starts over" in err
+
+
+def test_checkpoints_are_written_aside_and_renamed(tmp_path):
+    from rlhf_lab.stage import checkpoint_callback
+
+    saved = []
+
+    class Trainer:
+        is_global_zero = True
+        global_step = 8
+        strategy = type("S", (), {"barrier": lambda self: None})()
+
+        def save_checkpoint(self, path):
+            saved.append(Path(path).name)
+            Path(path).write_text("state")
+
+    target = tmp_path / "last.ckpt"
+    checkpoint_callback(target, every=2, last=10, steps_per_unit=4).on_train_batch_end(Trainer(), None, None, None, 0)
+    assert saved == ["last.ckpt.partial"] and target.read_text() == "state"
+    assert not (tmp_path / "last.ckpt.partial").exists()
+
+
+def _metric_steps(cfg, run_id: str, key: str) -> list[int]:
+    from mlflow import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(cfg.tracking.tracking_uri).get_metric_history(run_id, key))
 
 
 def test_compiled_loss_and_rollout_passes_match_eager():
