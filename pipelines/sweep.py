@@ -6,8 +6,11 @@ trial's ``gold_final_se`` user attribute), or gold ↑ and KL ↓ together (``go
 front). Poor trials are pruned from their intermediate gold scores (median pruner). Every trial
 is an MLflow run nested under the study's run.
 
-Storage: ``sqlite:///<paths.sweep>/optuna.db`` by default; ``sweep.storage`` (or ``--storage``)
-takes any database URL Optuna accepts, so several workers on several machines share one study::
+Storage: ``sqlite:///<paths.sweep>/optuna.db`` by default (``<paths.sweep>.live/`` while the sweep
+runs: an interrupted sweep keeps its finished trials and a rerun continues the study to
+``sweep.n_trials``); ``sweep.storage`` (or ``--storage``) takes any database URL Optuna accepts, so
+several workers on several machines share one study. Optuna's heartbeat marks a trial whose worker
+died as failed, and it is retried with its parameters (``sweep.heartbeat_interval``, ``max_retry``)::
 
     python -m pipelines.sweep --storage postgresql+psycopg2://user:pw@host/db --n-trials 10   # on each worker
 
@@ -17,6 +20,7 @@ Outputs (``paths.sweep``): ``trials.csv``, ``metrics.json`` (best β and ε, n_t
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import warnings
@@ -56,8 +60,76 @@ class GoldPruning(Callback):
 METRIC_NAMES = {"gold": ["gold_final"], "gold_kl": ["gold_final", "kl_final"]}
 
 
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
 def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{sweep_dir / 'optuna.db'}"
+
+
+def live_dir(cfg: Config) -> Path:
+    """Where the study and its trials live until the sweep has finished: ``<paths.sweep>.live``."""
+    path = Path(cfg.paths.sweep)
+    live = path.with_name(path.name + ".live")
+    live.mkdir(parents=True, exist_ok=True)
+    return live
+
+
+def finished(study: optuna.Study) -> list:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def _study_config(cfg: Config) -> str:
+    """What makes trials comparable: every section but the sweep's trial count and the report."""
+    data = cfg.to_dict()
+    data["sweep"] = {k: v for k, v in data["sweep"].items() if k != "n_trials"}
+    for key in ("report", "ppo_runs"):
+        data.pop(key)
+    return json.dumps(data, sort_keys=True)
+
+
+def forget_another_configs_study(live: Path, url: str, study_name: str, config: str) -> None:
+    """A leftover local study from an interrupted sweep under other params is not continued."""
+    if not (live / "optuna.db").is_file():
+        return
+    try:
+        old = optuna.load_study(study_name=study_name, storage=url)
+        same = old.user_attrs.get("config") == config
+    except KeyError:  # no such study in the file
+        same = False
+    if not same:
+        (live / "optuna.db").unlink()
+        shutil.rmtree(live / "trials", ignore_errors=True)
+
+
+def heartbeat_storage(cfg: Config, url: str, study_name: str) -> optuna.storages.RDBStorage:
+    """The study's storage with Optuna's heartbeat: a trial whose worker died (no heartbeat for two
+    intervals) is marked FAIL by the next trial to start, and retried with the same parameters."""
+    s = cfg.sweep
+    retry = optuna.storages.RetryFailedTrialCallback(max_retry=s.max_retry)
+
+    def failed_trial(study: optuna.Study, trial) -> None:
+        retry(study, trial)
+        close_trial_runs(cfg, study, trial.number)
+
+    with warnings.catch_warnings():  # heartbeat: "experimental" since 2.9, and what we want
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=s.heartbeat_interval,
+                                          grace_period=2 * s.heartbeat_interval, failed_trial_callback=failed_trial)  # fmt: skip
+
+
+def close_trial_runs(cfg: Config, study: optuna.Study, number: int) -> None:
+    """The MLflow runs a dead worker left RUNNING for trial ``number``: KILLED."""
+    from mlflow import MlflowClient
+
+    parent = study.user_attrs.get("mlflow_run_id")
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if parent is None or experiment is None:
+        return
+    query = f"tags.optuna_trial = '{number}' and tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment.experiment_id], query):
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def make_study(cfg: Config, storage: str, study_name: str, attempts: int = 5) -> optuna.Study:
@@ -175,19 +247,35 @@ def run(cfg: Config, n_trials: str | None = None, storage: str | None = None, st
         return metrics
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.sweep
-    trials = int(n_trials) if n_trials is not None else s.n_trials
-    storage = storage or s.storage
     study_name = study_name or s.study_name
+    # The study and the trials' outputs live beside the output folder while the sweep runs, so an
+    # interrupted sweep keeps its finished trials and a rerun continues it; they move in at the end.
+    live = live_dir(cfg)
+    url = storage or s.storage or default_storage(live)
+    if url == default_storage(live):
+        forget_another_configs_study(live, url, study_name, _study_config(cfg))
+    study = make_study(cfg, heartbeat_storage(cfg, url, study_name), study_name)
+    study.set_user_attr("config", _study_config(cfg))
+    parent = parent_run(cfg, study)
+    objective = objective_fn(cfg, live / "trials", parent)
+    if n_trials is not None:  # one worker of several: its own count
+        study.optimize(objective, n_trials=int(n_trials), catch=())
+    else:  # the study's count: finished trials are kept, the rest run (and retried ones again)
+        remaining = s.n_trials - len(finished(study))
+        if remaining > 0:
+            study.optimize(objective, catch=(), callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=FINISHED)])
     with replacing_dir(cfg.paths.sweep) as out:
-        study = make_study(cfg, storage or default_storage(out), study_name)
-        parent = parent_run(cfg, study)
-        study.optimize(objective_fn(cfg, out / "trials", parent), n_trials=trials, catch=())
-        shutil.rmtree(out / "trials" / ".checkpoints", ignore_errors=True)
+        shutil.rmtree(live / "trials" / ".checkpoints", ignore_errors=True)
         metrics, frame = summarise(study, s.objective)
         frame.to_csv(out / "trials.csv", index=False)
-        metrics["sweep.storage"] = storage or default_storage(Path(cfg.paths.sweep))
+        final_url = default_storage(Path(cfg.paths.sweep)) if url == default_storage(live) else url
+        metrics["sweep.storage"] = final_url
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
+        for name in ("optuna.db", "trials"):
+            if (live / name).exists():
+                (live / name).rename(out / name)
+    shutil.rmtree(live, ignore_errors=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri(cfg.tracking))

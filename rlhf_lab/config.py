@@ -370,8 +370,12 @@ class SweepConfig:
     seeds: int = 1  # PPO runs per trial (seeds 0 … n−1); the objective is their mean final gold
     pruning: bool = True  # percentile pruner on intermediate gold (single-objective only)
     sampler_seed: int = 0
+    heartbeat_interval: int = 10  # seconds; a trial silent for two intervals is failed and retried
+    max_retry: int = 2  # retries of a trial whose worker died
 
     def __post_init__(self):
+        _check(self.heartbeat_interval >= 1, "heartbeat_interval", "expected an integer >= 1 (seconds)")
+        _check(self.max_retry >= 0, "max_retry", "expected an integer >= 0")
         _check(self.n_trials >= 1, "n_trials", "expected an integer >= 1")
         _check(self.seeds >= 1, "seeds", "expected an integer >= 1")
         _check(0 < self.beta_min < self.beta_max, "beta_max", "expected 0 < sweep.beta_min < sweep.beta_max")

@@ -182,3 +182,52 @@ def test_multi_objective_summary_picks_the_pareto_trial_with_most_gold():
     assert metrics["sweep.best.gold"] == 0.8
     assert metrics["sweep.best.beta"] == study.trials[0].params["beta"]
     assert frame["pareto"].tolist() == [True, True, False]
+
+
+def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(tmp_path, experiment_cfg, experiment):
+    import signal
+    import time
+
+    cfg = experiment_cfg.replace(paths={"sweep": str(tmp_path / "sweep")},
+                                 sweep={"n_trials": 3, "iterations": 6, "pruning": False, "seeds": 1,
+                                        "heartbeat_interval": 1, "study_name": "killed"})  # fmt: skip
+    params = tmp_path / "params.yaml"
+    config_lib.save(cfg, params)
+    command = [sys.executable, "-m", "pipelines.sweep", "--params", str(params)]
+    live = f"sqlite:///{tmp_path / 'sweep.live' / 'optuna.db'}"
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    states = []
+    while time.time() < deadline and proc.poll() is None:  # kill while the second trial runs
+        try:
+            states = [t.state for t in optuna.load_study(study_name="killed", storage=live).trials]
+        except Exception:  # noqa: BLE001 - the database is still being created
+            states = []
+        if states.count(optuna.trial.TrialState.COMPLETE) == 1 and optuna.trial.TrialState.RUNNING in states:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    before = optuna.load_study(study_name="killed", storage=live).trials
+    assert not (tmp_path / "sweep").exists()  # the output folder appears only when the sweep is done
+    time.sleep(2.5)  # past the heartbeat's grace period: the dead worker's trial is stale
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}")
+    by_state = {s: [t for t in study.trials if t.state == s] for s in optuna.trial.TrialState}
+    assert len(by_state[optuna.trial.TrialState.COMPLETE]) == 3  # sweep.n_trials finished in all
+    assert by_state[optuna.trial.TrialState.COMPLETE][0].params == before[0].params  # kept, not rerun
+    failed = by_state[optuna.trial.TrialState.FAIL]
+    assert [t.number for t in failed] == [1]
+    retried = [t for t in study.trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == 1]
+    assert len(retried) == 1 and retried[0].params == failed[0].params  # the dead worker's trial, again
+    assert retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert not (tmp_path / "sweep.live").exists()
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    dead = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{study.user_attrs['mlflow_run_id']}' "
+                                            "and tags.optuna_trial = '1'")  # fmt: skip
+    assert [r.info.status for r in dead] == ["KILLED"]  # the dead worker's run is not left RUNNING
