@@ -42,7 +42,9 @@ bench: $(STAMP) .venv-trl/.installed
 optuna-dashboard: $(STAMP)
 	optuna-dashboard sqlite:///runs/sweep/optuna.db --host 127.0.0.1 --port 8080 --server wsgiref
 
+# Opens on the experiment's training runs table (printed), not the UI's GenAI overview page.
 mlflow-ui: $(STAMP)
+	@$(PY) scripts/mlflow_runs_url.py
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port 5000 --workers 1
 

@@ -106,13 +106,15 @@ def heartbeat_storage(cfg: Config, url: str, study_name: str) -> optuna.storages
     """The study's storage with Optuna's heartbeat: a trial whose worker died (no heartbeat for two
     intervals) is marked FAIL by the next trial to start, and retried with the same parameters."""
     s = cfg.sweep
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=s.max_retry)
+    with warnings.catch_warnings():  # heartbeat and retry: "experimental" since 2.8, and what we want
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryFailedTrialCallback(max_retry=s.max_retry)
 
     def failed_trial(study: optuna.Study, trial) -> None:
         retry(study, trial)
         close_trial_runs(cfg, study, trial.number)
 
-    with warnings.catch_warnings():  # heartbeat: "experimental" since 2.9, and what we want
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(url, heartbeat_interval=s.heartbeat_interval,
                                           grace_period=2 * s.heartbeat_interval, failed_trial_callback=failed_trial)  # fmt: skip

@@ -330,3 +330,14 @@ def unreadable_checkpoint(path: Path) -> str | None:
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
         return str(err).splitlines()[0] if str(err) else type(err).__name__
     return None
+
+
+def runs_page_url(cfg: Config, server: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI's table of this experiment's training runs (the UI would open on its GenAI
+    overview page otherwise); the experiment is created if no stage has run yet."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+    return f"{server}/#/experiments/{experiment_id}/runs"

@@ -220,7 +220,7 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
     assert by_state[optuna.trial.TrialState.COMPLETE][0].params == before[0].params  # kept, not rerun
     failed = by_state[optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [1]
-    retried = [t for t in study.trials if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == 1]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]  # RetryFailedTrialCallback's mark
     assert len(retried) == 1 and retried[0].params == failed[0].params  # the dead worker's trial, again
     assert retried[0].state == optuna.trial.TrialState.COMPLETE
     assert not (tmp_path / "sweep.live").exists()

@@ -1,0 +1,109 @@
+"""Faults: services that are down, hardware that is not there, members that were never trained,
+a stage stopped from outside. Each gets one line naming the param (and address), in seconds."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf_lab import config as config_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A port with nothing listening on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_stage(cfg, tmp_path, stage: str, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    params = tmp_path / "params.yaml"
+    config_lib.save(cfg, params)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", f"pipelines.{stage}", "--params", str(params), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return done, time.monotonic() - start
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_tracking_server_that_is_down_fails_in_seconds(tiny_cfg, tmp_path, data_stage):
+    address = f"http://127.0.0.1:{free_port()}"
+    cfg = tiny_cfg.replace(tracking={"tracking_uri": address}, paths={"sft": str(tmp_path / "sft")})
+    done, seconds = run_stage(cfg, tmp_path, "sft")
+    assert one_line(done) == f"error: tracking.tracking_uri: no MLflow server at {address} (Connection refused)"
+    assert seconds < 30  # imports included; MLflow's own retries would take minutes
+    assert not (tmp_path / "sft").exists()
+
+
+def test_an_optuna_storage_that_is_down_is_one_line(tiny_cfg, tmp_path):
+    url = f"postgresql+psycopg2://rlhf:secret@127.0.0.1:{free_port()}/optuna"
+    cfg = tiny_cfg.replace(sweep={"storage": url})
+    done, seconds = run_stage(cfg, tmp_path, "sweep")
+    line = one_line(done)
+    assert line.startswith(f"error: sweep.storage: cannot connect to postgresql+psycopg2://rlhf:***@127.0.0.1:")
+    assert "secret" not in line and seconds < 30
+
+
+def test_an_accelerator_this_machine_lacks_is_one_line(tiny_cfg, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done, _ = run_stage(tiny_cfg.replace(runtime={"accelerator": "gpu"}), tmp_path, "sft")
+    assert one_line(done).startswith("error: runtime.accelerator: gpu, but this machine has no CUDA GPU")
+    done, _ = run_stage(tiny_cfg.replace(runtime={"strategy": "no_such_strategy"}), tmp_path, "sft")
+    assert one_line(done).startswith("error: runtime: ")
+
+
+def test_more_members_than_were_trained_is_one_line(tiny_cfg, tmp_path, reward_stage):
+    from pipelines import ppo
+    from rlhf_lab.config import UserError
+
+    with pytest.raises(UserError, match=r"ppo.members: 9 requested, but .*clean has 2 trained members"):
+        ppo.train(tiny_cfg.replace(ppo={"members": 9}).for_condition(), tmp_path / "out")
+
+
+def test_a_stage_stopped_from_outside_marks_its_runs_killed(tiny_cfg, tmp_path, data_stage):
+    import mlflow
+
+    cfg = tiny_cfg.replace(paths={"sft": str(tmp_path / "sft")}, sft={"epochs": 50},
+                           tracking={"experiment": "stopped"})  # fmt: skip
+    params = tmp_path / "params.yaml"
+    config_lib.save(cfg, params)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.sft", "--params", str(params)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    deadline = time.time() + 120
+    while time.time() < deadline and not mlflow.search_runs(experiment_names=["stopped"], output_format="list"):
+        time.sleep(0.5)
+    time.sleep(3)  # training under way
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    runs = mlflow.search_runs(experiment_names=["stopped"], output_format="list")
+    assert [r.info.status for r in runs] == ["KILLED"] or [r.info.status for r in runs] == ["FAILED"]
+    assert not (tmp_path / "sft").exists()  # nothing half-written
+
+
+def test_the_mlflow_ui_address_opens_on_the_runs_table(tiny_cfg):
+    from mlflow import MlflowClient
+
+    from rlhf_lab.stage import runs_page_url
+
+    url = runs_page_url(tiny_cfg)
+    experiment = MlflowClient(tiny_cfg.tracking.tracking_uri).get_experiment_by_name(tiny_cfg.tracking.experiment)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
