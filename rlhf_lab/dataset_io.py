@@ -28,13 +28,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rlhf_lab.data import DataError
-
 
 LAYOUTS = {  # name: the columns that identify it, most specific first
     "preference": ("prompt", "chosen", "rejected"),
@@ -56,7 +56,7 @@ class DatasetRef:
     subset: str | None = None
 
     @classmethod
-    def of(cls, value: str | dict | "DatasetRef") -> "DatasetRef":
+    def of(cls, value: str | dict | DatasetRef) -> DatasetRef:
         if isinstance(value, DatasetRef):
             return value
         if isinstance(value, str):
@@ -136,7 +136,7 @@ def load(value: str | dict | DatasetRef):
             return datasets.load_dataset(ref.path, ref.subset, split=ref.split)
         except DataError:
             raise
-        except Exception as err:  # datasets/pyarrow/fsspec raise many types; all mean "cannot read it"
+        except Exception as err:  # noqa: BLE001 - datasets/pyarrow/fsspec raise many types; all mean "cannot read it"
             raise DataError(f"{ref}: cannot read the dataset ({_reason(err)})") from None
 
 
@@ -217,8 +217,7 @@ class Rows:
         return self._render(prompt, True), [self._continuation(prompt, v, number, c) for v, c in zip(values, replies)]
 
     def rows(self) -> Iterator[tuple[int, dict]]:
-        for number, row in enumerate(self.dataset, start=1):
-            yield number, row
+        yield from enumerate(self.dataset, start=1)
 
     # -- what the stages ask for
     def demonstrations(self) -> list[Demonstration]:

@@ -3,9 +3,9 @@ merged for saving (so every saved model still loads with plain ``transformers``)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -81,16 +81,15 @@ def test_chat_template_reaches_the_policy(gold_model_pipeline):
 
 
 def test_sft_learns_the_completions_and_saves_adapter_and_merged_weights(gold_model_pipeline):
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    import torch
 
     from pipelines.sft import loader, read_demonstrations
     from rlhf_lab.models import load_tokenizer
     from rlhf_lab.sft import CausalLMModule
 
-    cfg, results = gold_model_pipeline
+    cfg, _ = gold_model_pipeline
     sft = Path(cfg.paths.sft)
     merged = AutoModelForCausalLM.from_pretrained(sft)  # plain transformers reads the merged weights
     base = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path)

@@ -60,7 +60,7 @@ def test_standard_layouts(tmp_path):
 def test_conversational_layouts_render_with_the_chat_template(tmp_path, chat_tokenizer):
     p, c = PAIRS[0]
     head = f"<|user|> review: {p} <|assistant|> "
-    read = lambda name: Rows(str(write_dataset(layout_rows(name, PAIRS), tmp_path / f"{name}.jsonl")),  # noqa: E731
+    read = lambda name: Rows(str(write_dataset(layout_rows(name, PAIRS), tmp_path / f"{name}.jsonl")),
                              chat_tokenizer)
     assert read("prompt_conv").prompts()[0] == head  # the generation prompt: the assistant answers
     demo = read("prompt_completion_conv").demonstrations()[0]

@@ -212,7 +212,7 @@ def test_checkpoints_are_written_aside_and_renamed(tmp_path):
         global_step = 8
         strategy = type("S", (), {"barrier": lambda self: None})()
 
-        def save_checkpoint(self, path):
+        def save_checkpoint(self, path, weights_only=None):
             saved.append(Path(path).name)
             Path(path).write_text("state")
 

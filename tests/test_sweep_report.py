@@ -196,14 +196,25 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
     command = [sys.executable, "-m", "pipelines.sweep", "--params", str(params)]
     live = f"sqlite:///{tmp_path / 'sweep.live' / 'optuna.db'}"
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+
+    def trial_runs(study, number: int) -> list:
+        return mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{study.user_attrs.get('mlflow_run_id')}' "
+                                                f"and tags.optuna_trial = '{number}'")  # fmt: skip
+
     deadline = time.time() + 300
     states = []
-    while time.time() < deadline and proc.poll() is None:  # kill while the second trial runs
+    while time.time() < deadline and proc.poll() is None:  # kill while the second trial trains
         try:
-            states = [t.state for t in optuna.load_study(study_name="killed", storage=live).trials]
+            study = optuna.load_study(study_name="killed", storage=live)
+            states = [t.state for t in study.trials]
         except Exception:  # noqa: BLE001 - the database is still being created
             states = []
-        if states.count(optuna.trial.TrialState.COMPLETE) == 1 and optuna.trial.TrialState.RUNNING in states:
+        if states.count(optuna.trial.TrialState.COMPLETE) == 1 and optuna.trial.TrialState.RUNNING in states \
+                and trial_runs(study, 1):  # fmt: skip
             break
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
@@ -224,10 +235,5 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
     assert len(retried) == 1 and retried[0].params == failed[0].params  # the dead worker's trial, again
     assert retried[0].state == optuna.trial.TrialState.COMPLETE
     assert not (tmp_path / "sweep.live").exists()
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    dead = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
-                              filter_string=f"tags.mlflow.parentRunId = '{study.user_attrs['mlflow_run_id']}' "
-                                            "and tags.optuna_trial = '1'")  # fmt: skip
+    dead = trial_runs(study, 1)
     assert [r.info.status for r in dead] == ["KILLED"]  # the dead worker's run is not left RUNNING
