@@ -102,7 +102,7 @@ def forget_another_configs_study(live: Path, url: str, study_name: str, config: 
         shutil.rmtree(live / "trials", ignore_errors=True)
 
 
-def heartbeat_storage(cfg: Config, url: str, study_name: str) -> optuna.storages.RDBStorage:
+def heartbeat_storage(cfg: Config, url: str) -> optuna.storages.RDBStorage:
     """The study's storage with Optuna's heartbeat: a trial whose worker died (no heartbeat for two
     intervals) is marked FAIL by the next trial to start, and retried with the same parameters."""
     s = cfg.sweep
@@ -134,14 +134,14 @@ def close_trial_runs(cfg: Config, study: optuna.Study, number: int) -> None:
         client.set_terminated(run.info.run_id, "KILLED")
 
 
-def make_study(cfg: Config, storage: str, study_name: str, attempts: int = 5) -> optuna.Study:
-    """Create or join the study. Workers starting together on an empty database race to create
-    Optuna's tables (one gets a duplicate-object error): the loser waits and joins."""
+def make_study(cfg: Config, url: str, study_name: str, attempts: int = 5) -> optuna.Study:
+    """Create or join the study (with the heartbeat storage). Workers starting together on an empty
+    database race to create Optuna's tables (one gets a duplicate-object error): the loser waits and joins."""
     import sqlalchemy.exc
 
     for attempt in range(attempts):
         try:
-            return _create_or_load(cfg, storage, study_name)
+            return _create_or_load(cfg, heartbeat_storage(cfg, url), study_name)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, optuna.exceptions.DuplicatedStudyError):
             if attempt == attempts - 1:
                 raise
@@ -149,7 +149,7 @@ def make_study(cfg: Config, storage: str, study_name: str, attempts: int = 5) ->
     raise AssertionError("unreachable")
 
 
-def _create_or_load(cfg: Config, storage: str, study_name: str) -> optuna.Study:
+def _create_or_load(cfg: Config, storage, study_name: str) -> optuna.Study:
     s = cfg.sweep
     sampler = optuna.samplers.TPESampler(seed=s.sampler_seed)
     if s.objective == "gold":
@@ -256,7 +256,7 @@ def run(cfg: Config, n_trials: str | None = None, storage: str | None = None, st
     url = storage or s.storage or default_storage(live)
     if url == default_storage(live):
         forget_another_configs_study(live, url, study_name, _study_config(cfg))
-    study = make_study(cfg, heartbeat_storage(cfg, url, study_name), study_name)
+    study = make_study(cfg, url, study_name)
     study.set_user_attr("config", _study_config(cfg))
     parent = parent_run(cfg, study)
     objective = objective_fn(cfg, live / "trials", parent)

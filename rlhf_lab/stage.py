@@ -52,6 +52,8 @@ BENIGN_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",  # our resume folder, on purpose
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r"You're resuming from a checkpoint that ended before the epoch ended",  # PPO reads its own prompt schedule
+    r"`is_gradient_checkpointing` is deprecated",  # peft asking transformers; nothing of ours
+    r"fan_in_fan_out is set to False but the target module is `Conv1D`",  # peft then sets it right for GPT-2
 )
 
 
