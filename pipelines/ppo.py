@@ -187,6 +187,8 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     trainer = make_trainer(
         cfg.runtime, logger, max_steps=cfg.ppo.iterations * steps, max_epochs=-1,
         log_every_n_steps=1, callbacks=[checkpoint, *(callbacks or [])],
+        # Seeds run side by side: one progress bar (the first seed's) for the stage, not one each.
+        enable_progress_bar=seed == cfg.ppo.seeds[0],
     )  # fmt: skip
     # The batches are the module's prompt schedule; the loader only counts the iterations.
     iterations = DataLoader(TensorDataset(torch.arange(cfg.ppo.iterations)), batch_size=1,
