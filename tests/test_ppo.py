@@ -359,3 +359,36 @@ def test_rollout_logs_the_exact_kl_of_its_sampling_distributions():
     expected = pm.kl_between(logp, ref_logp) * mask
     torch.testing.assert_close(ro.kl_exact, expected, atol=1e-5, rtol=1e-5)
     assert (ro.kl_exact.sum(1) > 0).all()
+
+
+def test_a_stage_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(ppo_cfg, tmp_path):
+    """kill -9 of a real `python -m pipelines.ppo` after its first checkpoint; the rerun resumes
+    and ends where a run of the same command that was never stopped ends."""
+    import signal
+    import time
+
+    def command(name: str) -> list[str]:
+        cfg = ppo_cfg.replace(paths={"ppo": str(tmp_path / name)},
+                              ppo={"seeds": [0], "iterations": 8, "checkpoint_every": 2, "run_name": name})  # fmt: skip
+        config_lib.save(cfg, tmp_path / f"{name}.yaml")
+        return [sys.executable, "-m", "pipelines.ppo", "--params", str(tmp_path / f"{name}.yaml")]
+
+    kill = command("killed")
+    proc = subprocess.Popen(kill, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "killed" / ".checkpoints" / "killed" / "seed_0" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not checkpoint.exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert checkpoint.exists() and not (tmp_path / "killed" / "killed").exists()
+    done = subprocess.run(kill, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole = subprocess.run(command("whole"), cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    resumed = pd.read_csv(tmp_path / "killed" / "killed" / "eval_history.csv")
+    never = pd.read_csv(tmp_path / "whole" / "whole" / "eval_history.csv")
+    pd.testing.assert_frame_equal(resumed, never)
+    runs = _mlflow_runs(ppo_cfg, "ppo-killed-seed0")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the SIGKILLed run, continued
+    assert _metric_steps(ppo_cfg, runs[0].info.run_id, "ppo/kl") == list(range(8))
