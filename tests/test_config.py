@@ -170,3 +170,11 @@ def test_seeds_are_a_count_or_a_list():
     assert config.from_dict({"ppo": {"seeds": [4, 7]}}).ppo.seeds == (4, 7)
     cfg = config.from_dict({"ppo_runs": {"five": {"seeds": 5}}})
     assert cfg.ppo_run("five").ppo.seeds == (0, 1, 2, 3, 4) and cfg.ppo.seeds == (0, 1, 2)
+
+
+def test_example_params_load_and_name_every_dvc_param():
+    for path in sorted((ROOT / "examples").glob("*/params.yaml")):
+        cfg = config.load(path)
+        assert cfg.task.gold and cfg.model.name_or_path  # a real setting: its own model and gold
+        data = yaml.safe_load(path.read_text())
+        assert set(data) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))  # every section dvc.yaml reads
