@@ -107,3 +107,26 @@ def test_the_mlflow_ui_address_opens_on_the_runs_table(tiny_cfg):
     url = runs_page_url(tiny_cfg)
     experiment = MlflowClient(tiny_cfg.tracking.tracking_uri).get_experiment_by_name(tiny_cfg.tracking.experiment)
     assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+
+
+def test_the_console_drops_known_benign_lines_and_keeps_real_warnings(caplog):
+    import logging
+    import warnings
+
+    from rlhf_lab.stage import configure_environment
+
+    configure_environment()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        logger.info("GPU available: False, used: False")
+        logger.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        logger.info("Something the user should read")
+    assert [r.getMessage() for r in caplog.records] == ["Something the user should read"]
+    with warnings.catch_warnings(record=True) as seen:
+        from rlhf_lab.stage import quiet_console
+
+        warnings.simplefilter("always")
+        quiet_console()  # its filters go in front of "always"
+        warnings.warn("Found 34 module(s) in eval mode at the start of training. This may lead to ...", UserWarning)
+        warnings.warn("The learning rate is NaN", UserWarning)
+    assert [str(w.message) for w in seen] == ["The learning rate is NaN"]
