@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -260,7 +261,9 @@ def stage_main(run: Callable[..., dict], description: str, options: dict[str, st
         # computed yet, so it may fork its independent runs. A caller in a process that has (a
         # test, a notebook) is not marked and runs them in turn.
         parallel.mark_fork_safe()
-    signal.signal(signal.SIGTERM, _interrupt)  # a stage stopped from outside closes its runs as Ctrl-C does
+    # A stage stopped from outside (Ctrl-C, SIGTERM) closes its runs and ends within a grace period.
+    signal.signal(signal.SIGTERM, _stop_within_grace)
+    signal.signal(signal.SIGINT, _stop_within_grace)
     try:
         cfg = config_lib.load(params)
         preflight.check(cfg, services)
@@ -283,7 +286,16 @@ def stage_main(run: Callable[..., dict], description: str, options: dict[str, st
     print(summary(metrics))
 
 
-def _interrupt(signum, frame) -> None:
+# A graceful stop that has not ended in this many seconds ends the process outright: an interrupt
+# raised while a progress bar's thread held its lock could otherwise wait on it forever.
+SHUTDOWN_GRACE_S = 15
+
+
+def _stop_within_grace(signum, frame) -> None:
+    """Ctrl-C: unwind (runs closed, outputs untouched), and make sure the process ends."""
+    watchdog = threading.Timer(SHUTDOWN_GRACE_S, os._exit, (130,))
+    watchdog.daemon = True
+    watchdog.start()
     raise KeyboardInterrupt
 
 

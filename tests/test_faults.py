@@ -85,14 +85,14 @@ def test_a_stage_stopped_from_outside_marks_its_runs_killed(tiny_cfg, tmp_path, 
     params = tmp_path / "params.yaml"
     config_lib.save(cfg, params)
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.sft", "--params", str(params)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     deadline = time.time() + 120
     while time.time() < deadline and not mlflow.search_runs(experiment_names=["stopped"], output_format="list"):
         time.sleep(0.5)
     time.sleep(3)  # training under way
     proc.send_signal(signal.SIGINT)  # Ctrl-C
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     runs = mlflow.search_runs(experiment_names=["stopped"], output_format="list")
     assert [r.info.status for r in runs] == ["KILLED"] or [r.info.status for r in runs] == ["FAILED"]

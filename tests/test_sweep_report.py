@@ -189,7 +189,7 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
     import time
 
     cfg = experiment_cfg.replace(paths={"sweep": str(tmp_path / "sweep")},
-                                 sweep={"n_trials": 3, "iterations": 6, "pruning": False, "seeds": 1,
+                                 sweep={"n_trials": 3, "iterations": 24, "pruning": False, "seeds": 1,
                                         "heartbeat_interval": 1, "study_name": "killed"})  # fmt: skip
     params = tmp_path / "params.yaml"
     config_lib.save(cfg, params)
@@ -217,6 +217,7 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
                 and trial_runs(study, 1):  # fmt: skip
             break
         time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before the second trial could be caught running"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
