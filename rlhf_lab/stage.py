@@ -110,6 +110,27 @@ def mlflow_logger(cfg: Config, stage: str, run_name: str | None = None, tags: di
     With ``run_id`` it continues that run (a resumed PPO run keeps one metric history)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
+    with store_lock(tracking_uri(cfg.tracking)):
+        return _open_logger(MLFlowLogger, cfg, stage, run_name, tags, run_id)
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens an SQLite tracking store: seeds forked side by side onto a new
+    store would otherwise race to create its tables ("duplicate column name")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _open_logger(MLFlowLogger, cfg: Config, stage: str, run_name: str | None, tags: dict | None, run_id: str | None):
     kwargs = dict(experiment_name=cfg.tracking.experiment, run_name=run_name or stage,
                   tracking_uri=tracking_uri(cfg.tracking), tags={"stage": stage, **(tags or {})})  # fmt: skip
     if run_id is None:
@@ -165,10 +186,11 @@ def create_parent_run(cfg: Config, run_name: str, stage: str) -> str:
     """An MLflow run that nested runs point at (tag ``mlflow.parentRunId``); returns its id."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri(cfg.tracking))
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
-    run_id = client.create_run(experiment_id, run_name=run_name, tags={"stage": stage}).info.run_id
+    with store_lock(tracking_uri(cfg.tracking)):
+        client = MlflowClient(tracking_uri(cfg.tracking))
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags={"stage": stage}).info.run_id
     _OPEN_RUNS.append((tracking_uri(cfg.tracking), run_id))
     return run_id
 

@@ -119,7 +119,9 @@ def test_the_stage_process_runs_seeds_in_forked_workers_with_the_same_numbers(pp
     run this process makes of it with one thread: side by side changes nothing but the wall time."""
     from pipelines import ppo
 
-    cfg = ppo_cfg.replace(paths={"ppo": str(tmp_path / "ppo")}, ppo={"seeds": [0, 3], "run_name": "forked"})
+    # A tracking store no stage has opened yet: the forked seeds must not race to create its tables.
+    cfg = ppo_cfg.replace(paths={"ppo": str(tmp_path / "ppo")}, ppo={"seeds": [0, 3], "run_name": "forked"},
+                          tracking={"tracking_uri": f"sqlite:///{tmp_path / 'fresh.db'}"})
     params = tmp_path / "params.yaml"
     config_lib.save(cfg, params)
     done = subprocess.run([sys.executable, "-m", "pipelines.ppo", "--params", str(params)], cwd=ROOT,
