@@ -69,23 +69,6 @@ class DatasetRef:
         return self.path + (f" ({', '.join(extra)})" if extra else "")
 
 
-def check_ref(value: Any) -> str | None:
-    """Why ``value`` is not a dataset param (a path/name, or a mapping of path, split, subset), or None."""
-    if isinstance(value, str):
-        return None if value else "expected a path or dataset name, got ''"
-    if not isinstance(value, dict):
-        return f"expected a path, a dataset name or a mapping {{path, split, subset}}, got {value!r}"
-    unknown = sorted(set(value) - {"path", "split", "subset"})
-    if unknown:
-        return f"unknown key {unknown[0]!r}; a dataset mapping has path, split, subset"
-    if not isinstance(value.get("path"), str) or not value["path"]:
-        return "a dataset mapping needs a path (a string)"
-    for key in ("split", "subset"):
-        if key in value and value[key] is not None and not isinstance(value[key], str):
-            return f"{key}: expected a string, got {value[key]!r}"
-    return None
-
-
 @contextmanager
 def _quiet_datasets() -> Iterator[None]:
     """No progress bars or "Failed to load" log lines: failures become one DataError line."""
@@ -283,14 +266,11 @@ def shared_prefix(values: list, conversational: bool) -> tuple[Any, list]:
     the first character they differ in, so the prompt ends on a whole word and every reply keeps
     its leading space.
     """
-    if conversational:
-        n = 0
-        while all(n < len(v) for v in values) and all(v[n] == values[0][n] for v in values):
-            n += 1
-        return values[0][:n], [v[n:] for v in values]
-    n = 0
+    n = 0  # the length of the prefix all replies share (messages, or characters)
     while all(n < len(v) for v in values) and all(v[n] == values[0][n] for v in values):
         n += 1
+    if conversational:
+        return values[0][:n], [v[n:] for v in values]
     if any(n < len(v) for v in values):  # they differ at n: back off to the word boundary
         n = values[0].rfind(" ", 0, n + 1) if " " in values[0][:n + 1] else 0
     return values[0][:n].rstrip(), [v[n:] for v in values]
