@@ -27,14 +27,7 @@ from rlhf_lab.ensemble import OBJECTIVES, aggregate
 from rlhf_lab.generation import decode_responses, left_pad, sample
 from rlhf_lab.gold import gold_reward
 from rlhf_lab.models import load_causal_lm, load_tokenizer
-from rlhf_lab.reward_model import (
-    Retokenizer,
-    last_token_scores,
-    load_frozen_reward,
-    member_paths,
-    normalised,
-    same_vocabulary,
-)
+from rlhf_lab.reward_model import last_token_scores, load_frozen_reward, member_paths, normalised, reward_inputs
 from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
 from rlhf_lab.stats import bootstrap_mean_interval
 
@@ -53,11 +46,8 @@ def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
     conditions = list(cfg.reward_conditions)
     paths = {c: member_paths(cfg.for_condition(c)) for c in conditions}
     members = {c: [load_frozen_reward(p) for p in ps] for c, ps in paths.items()}
-    reward_inputs = {}  # a condition whose reward models have another tokenizer reads re-encoded text
-    for c, ps in paths.items():
-        reward_tokenizer = load_tokenizer(ps[0])
-        if not same_vocabulary(tokenizer, reward_tokenizer):
-            reward_inputs[c] = Retokenizer(tokenizer, reward_tokenizer, cfg.reward.max_length)
+    # A condition whose reward models have another tokenizer reads re-encoded text.
+    retokenize = {c: reward_inputs(tokenizer, ps[0], cfg.reward.max_length) for c, ps in paths.items()}
     gold = gold_reward(cfg)
     flat = [p for p in prompts for _ in range(N)]
     generator = torch.Generator().manual_seed(cfg.runtime.seed + 777)
@@ -72,8 +62,8 @@ def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
         batch = {}
         for c, ms in members.items():
             seq, seq_mask = out.sequence_ids, out.sequence_mask
-            if c in reward_inputs:
-                seq, seq_mask = reward_inputs[c](seq, seq_mask, ids.shape[1])
+            if retokenize[c] is not None:
+                seq, seq_mask = retokenize[c](seq, seq_mask, ids.shape[1])
             batch[c] = torch.stack([normalised(m, last_token_scores(m, seq, seq_mask)) for m in ms])
         rewards.append(batch)
     P = len(prompts)

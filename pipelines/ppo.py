@@ -34,7 +34,7 @@ from rlhf_lab.gold import gold_reward
 from rlhf_lab.lora import add_lora, save_adapter_and_merged
 from rlhf_lab.models import load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf_lab.preference import spearman
-from rlhf_lab.reward_model import Retokenizer, load_frozen_reward, member_paths, same_vocabulary
+from rlhf_lab.reward_model import load_frozen_reward, member_paths, reward_inputs
 from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
 from rlhf_lab.stage import (
     apply_runtime,
@@ -125,10 +125,7 @@ def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[PPOModule, obj
         ref = load_causal_lm(cfg.paths.sft)
     prepare_for_training(policy, cfg.runtime)
     rewards = [load_frozen_reward(p) for p in members]
-    reward_tokenizer = load_tokenizer(members[0])
-    retokenize = None
-    if not same_vocabulary(tokenizer, reward_tokenizer):
-        retokenize = Retokenizer(tokenizer, reward_tokenizer, cfg.reward.max_length)
+    retokenize = reward_inputs(tokenizer, members[0], cfg.reward.max_length)
     value = None
     if cfg.ppo.value_model == "separate":
         if retokenize is not None:

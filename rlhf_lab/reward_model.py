@@ -154,6 +154,17 @@ def same_vocabulary(a, b) -> bool:
     return a.get_vocab() == b.get_vocab() and (a.bos_token_id, a.eos_token_id) == (b.bos_token_id, b.eos_token_id)
 
 
+def reward_inputs(policy_tokenizer, member: Path, max_length: int) -> Retokenizer | None:
+    """How reward member ``member`` reads the policy's samples: None when it shares the policy's
+    vocabulary (the ids as they are), else a :class:`Retokenizer` to its own tokens."""
+    from rlhf_lab.models import load_tokenizer
+
+    reward_tokenizer = load_tokenizer(member)
+    if same_vocabulary(policy_tokenizer, reward_tokenizer):
+        return None
+    return Retokenizer(policy_tokenizer, reward_tokenizer, max_length)
+
+
 class Retokenizer:
     """The policy's sampled sequences as a reward model of another tokenizer reads them: decoded to
     ``prompt`` and ``response`` text, joined as the reward stage joined them, encoded again."""
