@@ -217,7 +217,9 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
                 and trial_runs(study, 1):  # fmt: skip
             break
         time.sleep(0.5)
-    assert proc.poll() is None, "the sweep ended before the second trial could be caught running"
+    if proc.poll() is not None:
+        pytest.fail(f"the sweep ended (code {proc.returncode}) before its second trial was caught running: "
+                    f"{proc.communicate()[1][-3000:]}")
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
