@@ -41,6 +41,7 @@ from rlhf_lab.stage import (
     checkpoint_callback,
     make_trainer,
     mlflow_logger,
+    preload_tracking,
     replacing_dir,
     stage_main,
     unreadable_checkpoint,
@@ -253,6 +254,7 @@ def run(cfg: Config, run_name: str | None = None) -> dict:
         cfg = cfg.ppo_run(run_name)
     cfg = cfg.for_condition()
     name, seeds = cfg.ppo.run_name, cfg.ppo.seeds
+    preload_tracking()
     workers = parallel.plan(cfg.runtime, len(seeds))
     runtime = {"threads": workers.threads}
     with replacing_dir(Path(cfg.paths.ppo) / name) as out:

@@ -108,16 +108,20 @@ def heartbeat_storage(cfg: Config, url: str) -> optuna.storages.RDBStorage:
     s = cfg.sweep
     with warnings.catch_warnings():  # heartbeat and retry: "experimental" since 2.8, and what we want
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryFailedTrialCallback(max_retry=s.max_retry)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=s.max_retry)
 
-    def failed_trial(study: optuna.Study, trial) -> None:
+    def stale_trial(study: optuna.Study, trial) -> None:
         retry(study, trial)
         close_trial_runs(cfg, study, trial.number)
 
+    # SQLite: a writer waits up to 30 s for another's lock (the heartbeat thread, a dashboard, a
+    # second worker) instead of failing the trial with "database is locked" after Python's 5 s.
+    engine = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=s.heartbeat_interval,
-                                          grace_period=2 * s.heartbeat_interval, failed_trial_callback=failed_trial)  # fmt: skip
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=s.heartbeat_interval,
+                                          grace_period=2 * s.heartbeat_interval,
+                                          heartbeat_stale_trial_callback=stale_trial)  # fmt: skip
 
 
 def close_trial_runs(cfg: Config, study: optuna.Study, number: int) -> None:

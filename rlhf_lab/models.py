@@ -73,6 +73,18 @@ def load_causal_lm(path: str | Path) -> torch.nn.Module:
         raise UserError(f"{path}: cannot load a causal LM ({str(err).splitlines()[0]})") from None
 
 
+def fuse_tanh_gelu(model: torch.nn.Module) -> None:
+    """Swap GPT-2's ``NewGELUActivation`` (six elementwise kernels) for ``nn.GELU("tanh")``: the
+    same function, one fused kernel. ~7 % of a CPU PPO iteration on the benchmark configuration,
+    a quarter of best-of-n's scoring."""
+    from transformers.activations import NewGELUActivation
+
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, torch.nn.GELU(approximate="tanh"))
+
+
 def prepare_for_training(model: torch.nn.Module, runtime) -> None:
     """``runtime.gradient_checkpointing``: recompute activations in backward (memory for compute)."""
     if runtime.gradient_checkpointing:

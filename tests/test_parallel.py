@@ -82,6 +82,17 @@ def test_after_torch_work_forking_is_no_longer_safe():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_preloading_the_tracking_client_keeps_forking_safe(tmp_path):
+    # The PPO stage imports MLflow before forking its seeds (after its own imports, as marked by
+    # stage_main); opening a store starts no thread either.
+    code = ("import pipelines.ppo; from rlhf_lab import parallel, stage; parallel.mark_fork_safe(); stage.preload_tracking(); "
+            f"import mlflow; mlflow.MlflowClient('sqlite:///{tmp_path / 'm.db'}').search_experiments(); "
+            "assert parallel.fork_is_safe()")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_an_unmarked_process_never_forks(monkeypatch):
     monkeypatch.setattr(parallel, "_fork_safe_threads", None)
     assert not parallel.fork_is_safe()

@@ -142,7 +142,7 @@ def test_explained_variance():
 def test_fused_gelu_is_the_same_function():
     from transformers.activations import NewGELUActivation
 
-    from rlhf_lab.ppo import fuse_tanh_gelu
+    from rlhf_lab.models import fuse_tanh_gelu
 
     x = torch.linspace(-6, 6, 1001)
     holder = torch.nn.Sequential(NewGELUActivation())

@@ -216,7 +216,7 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
         if states.count(optuna.trial.TrialState.COMPLETE) == 1 and optuna.trial.TrialState.RUNNING in states \
                 and trial_runs(study, 1):  # fmt: skip
             break
-        time.sleep(0.5)
+        time.sleep(1.0)  # each poll reads the sweep's live databases: not so often that its writes wait
     if proc.poll() is not None:
         pytest.fail(f"the sweep ended (code {proc.returncode}) before its second trial was caught running: "
                     f"{proc.communicate()[1][-3000:]}")
@@ -234,7 +234,7 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
     assert by_state[optuna.trial.TrialState.COMPLETE][0].params == before[0].params  # kept, not rerun
     failed = by_state[optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [1]
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]  # RetryFailedTrialCallback's mark
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]  # RetryHeartbeatStaleTrialCallback's mark
     assert len(retried) == 1 and retried[0].params == failed[0].params  # the dead worker's trial, again
     assert retried[0].state == optuna.trial.TrialState.COMPLETE
     assert not (tmp_path / "sweep.live").exists()
