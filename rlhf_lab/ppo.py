@@ -125,6 +125,10 @@ class PPOModule(pl.LightningModule):
         self.schedule_seed = 0
         self.schedule: list[torch.Tensor] | None = None  # each iteration's prompt indices (on_fit_start)
         self._resumed_rng: dict | None = None  # random states to restore before the first resumed step
+        # The latest iteration's logged statistics. Lightning writes a step's metrics only after the
+        # batch-end callbacks, so a kill just after a checkpoint loses them: a resumed run logs them.
+        self.last_logged: dict | None = None
+        self._unlogged: dict | None = None
 
     def use_prompts(self, ids: torch.Tensor, mask: torch.Tensor, seed: int) -> None:
         """Train on these prompts, iteration i taking the batch ``prompt_schedule`` deals it."""
@@ -300,6 +304,9 @@ class PPOModule(pl.LightningModule):
         if self._resumed_rng is not None:  # continue the random streams exactly where the checkpoint left them
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
+        if self._unlogged is not None and self.logger is not None:  # a continued run skips steps it has
+            self.logger.log_metrics(self._unlogged["metrics"], step=self._unlogged["step"])
+            self._unlogged = None
         prompt_ids, prompt_mask = self.iteration_prompts(iteration, batch)
         if self.evaluate_fn is not None and iteration % self.cfg.eval_every == 0:
             self.evaluate_fn(self, iteration)
@@ -330,6 +337,7 @@ class PPOModule(pl.LightningModule):
         # β must follow the KL of the whole batch: one controller per process would drift apart.
         self.kl_ctl.update(stats["ppo/kl"], prompt_ids.shape[0] * world)
         self.log_dict(stats, on_step=True, prog_bar=False)
+        self.last_logged = {"step": iteration, "metrics": dict(stats)}
         self.log("ppo/score_pb", stats["ppo/score"], prog_bar=True, logger=False)
         self.log("ppo/kl_pb", stats["ppo/kl"], prog_bar=True, logger=False)
 
@@ -361,7 +369,7 @@ class PPOModule(pl.LightningModule):
             del state[key]  # frozen: rebuilt from their own folders on resume
         checkpoint["ppo_state"] = {
             "beta": self.kl_ctl.value, "history": self.history, "samples_history": self.samples_history,
-            "rng": rng_state(),
+            "rng": rng_state(), "last_logged": self.last_logged,
         }  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint):
@@ -369,6 +377,7 @@ class PPOModule(pl.LightningModule):
         self.kl_ctl.value = state["beta"]
         self.history, self.samples_history = state["history"], state["samples_history"]
         self._resumed_rng = state.get("rng")
+        self._unlogged = state.get("last_logged")
 
 
 def prompt_schedule(n_prompts: int, batch_size: int, iterations: int, seed: int) -> list[torch.Tensor]:
