@@ -309,8 +309,8 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     value_model: Literal["separate", "shared"] = "separate"  # separate: init from reward member 0
     compile: bool = False  # torch.compile the update, the frozen rollout passes and the decoding step
-    # The attention kernel of the four models and of best-of-n (see rlhf_lab/attention.py): auto = bmm on CPU, the
-    # models' own (sdpa) on GPUs; or any transformers attn_implementation.
+    # The attention kernel of the four models and of best-of-n (see rlhf_lab/attention.py): auto =
+    # bmm on CPU, the models' own (sdpa) on GPUs; or any transformers attn_implementation.
     attention: Literal[
         "auto", "bmm", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"
     ] = "auto"
