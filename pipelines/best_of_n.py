@@ -49,7 +49,8 @@ def sample_and_score(cfg: Config, prompts: list[str], batch_size: int = 1024):
     members = {c: [load_frozen_reward(p) for p in ps] for c, ps in paths.items()}
     # A condition whose reward models have another tokenizer reads re-encoded text.
     retokenize = {c: reward_inputs(tokenizer, ps[0], cfg.reward.max_length) for c, ps in paths.items()}
-    # PPO's kernels (rlhf_lab/ppo.py): fused GELU and ppo.attention, the same functions, ≈ 25 % sooner here.
+    # PPO's kernels (rlhf_lab/ppo.py): GPT-2's tanh GELU fused and ppo.attention, the same functions
+    # (≈ 25 % sooner here when the built-in model still used the tanh GELU).
     models = [policy, *(m for ms in members.values() for m in ms)]
     for model in models:
         fuse_tanh_gelu(model)

@@ -25,6 +25,17 @@ def test_data_stage_writes_splits_and_tokenizer(tiny_cfg, data_stage):
     assert (data / "config.yaml").is_file()
 
 
+def test_the_built_in_policy_uses_the_exact_gelu():
+    from rlhf_lab.config import ModelConfig
+    from rlhf_lab.models import build_policy
+
+    model = build_policy(ModelConfig(), train_word_tokenizer(["a good film", "a bad film"]))
+    x = torch.linspace(-4, 4, 101)
+    act = model.transformer.h[0].mlp.act
+    torch.testing.assert_close(act(x), torch.nn.functional.gelu(x))  # erf; the tanh form differs by up to 1e-3
+    assert (act(x) - torch.nn.functional.gelu(x, approximate="tanh")).abs().max() > 1e-4
+
+
 def test_sft_loss_falls_and_model_reloads(tiny_cfg, sft_stage):
     out = Path(tiny_cfg.paths.sft)
     vocab = json.loads((Path(tiny_cfg.paths.data) / "stats.json").read_text())["data/vocab_size"]
