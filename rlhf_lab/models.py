@@ -88,6 +88,16 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> None:
                 setattr(parent, name, torch.nn.GELU(approximate="tanh"))
 
 
+def use_fast_kernels(models, attention: str, device: torch.device) -> None:
+    """The faster kernels for the same functions: GPT-2's tanh GELU fused (:func:`fuse_tanh_gelu`)
+    and the attention implementation ``attention`` means on ``device`` (rlhf_lab/attention.py)."""
+    from rlhf_lab.attention import use_attention
+
+    for model in models:
+        fuse_tanh_gelu(model)
+    use_attention(models, attention, device)
+
+
 def prepare_for_training(model: torch.nn.Module, runtime) -> None:
     """``runtime.gradient_checkpointing``: recompute activations in backward (memory for compute)."""
     if runtime.gradient_checkpointing:

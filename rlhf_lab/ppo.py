@@ -19,12 +19,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import ppo_math as pm
-from rlhf_lab.attention import use_attention
 from rlhf_lab.config import PPOConfig
 from rlhf_lab.ensemble import aggregate
 from rlhf_lab.generation import Samples, next_token_logits, position_ids, sample
 from rlhf_lab.lora import adapters_disabled
-from rlhf_lab.models import fuse_tanh_gelu
+from rlhf_lab.models import use_fast_kernels
 from rlhf_lab.reward_model import last_token_scores, normalised, token_scores
 from rlhf_lab.sft import check_finite
 
@@ -106,7 +105,6 @@ class PPOModule(pl.LightningModule):
             policy.get_output_embeddings().register_forward_hook(self._keep_lm_head_input)
         for model in self.models():
             disable_dropout(model)
-            fuse_tanh_gelu(model)
         for frozen in (*([ref_policy] if ref_policy is not None else []), *reward_models):
             frozen.requires_grad_(False).eval()
         self.reward_inputs = reward_inputs
@@ -285,7 +283,7 @@ class PPOModule(pl.LightningModule):
     # ---------------------------------------------------------------- Lightning hooks
     def on_fit_start(self):
         # Here rather than in __init__: "auto" depends on the device the models were moved to.
-        use_attention(self.models(), self.cfg.attention, self.device)
+        use_fast_kernels(self.models(), self.cfg.attention, self.device)
         if self.prompts is not None:
             world = self.trainer.world_size
             self.schedule = prompt_schedule(len(self.prompts[0]), self.cfg.batch_size * world, self.cfg.iterations,
