@@ -6,7 +6,8 @@ of best-of-n for n = 1, 2, 4 … max_n, for each condition and reward objective 
 uwo) and for the gold oracle itself, with a percentile-bootstrap interval over prompts for gold.
 Without a gold reward (``task.gold``) the gold columns are empty and proxy and KL remain.
 
-Outputs (``paths.best_of_n``): ``bon.csv`` (one row per condition, n and objective: condition, n,
+Outputs (``paths.best_of_n``): ``bon_prompts.csv`` (each prompt's gold at the largest n, per condition
+and objective), ``bon.csv`` (one row per condition, n and objective: condition, n,
 objective, kl_bound, kl_exact, gold, gold_ci_low, gold_ci_high, prompts, proxy), ``metrics.json``,
 ``config.yaml``.
 """
@@ -95,6 +96,16 @@ def condition_rows(condition: str, gold: np.ndarray | None, members: torch.Tenso
     return rows
 
 
+def prompt_rows(condition: str, gold: np.ndarray, members: torch.Tensor, b) -> list[dict]:
+    """bon_prompts.csv rows of one reward condition: each prompt's expected gold of best-of-n at the
+    largest n under each objective, for the paired comparisons of the report (same prompts, same samples)."""
+    n = powers_of_two(b.max_n)[-1]
+    return [{"condition": condition, "objective": obj, "n": n, "prompt": i,
+             "gold": expected_best_of_n(proxy[i], gold[i], n)}
+            for obj in OBJECTIVES for proxy in [aggregate(members, obj, b.uwo_lambda).numpy()]
+            for i in range(members.shape[1])]  # fmt: skip
+
+
 def run(cfg: Config) -> dict:
     apply_runtime(cfg.runtime)
     b = cfg.best_of_n
@@ -119,6 +130,9 @@ def run(cfg: Config) -> dict:
     }
     with replacing_dir(cfg.paths.best_of_n) as out:
         frame.to_csv(out / "bon.csv", index=False)
+        if gold is not None:
+            pd.DataFrame([row for condition, members in scores.items() for row in prompt_rows(condition, gold, members, b)]
+                         ).to_csv(out / "bon_prompts.csv", index=False)  # fmt: skip
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
     return metrics

@@ -35,7 +35,7 @@ from rlhf_lab.lora import add_lora, save_adapter_and_merged
 from rlhf_lab.models import load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf_lab.preference import spearman
 from rlhf_lab.reward_model import load_frozen_reward, member_paths, reward_inputs
-from rlhf_lab.ppo import PPOModule, optimizer_steps_per_iteration
+from rlhf_lab.ppo import PPOModule, iteration_of, optimizer_steps_per_iteration
 from rlhf_lab.stage import (
     apply_runtime,
     checkpoint_callback,
@@ -46,7 +46,7 @@ from rlhf_lab.stage import (
     stage_main,
     unreadable_checkpoint,
 )
-from rlhf_lab.stats import t_interval
+from rlhf_lab.stats import bootstrap_mean_interval, t_interval
 
 
 class Evaluator:
@@ -192,7 +192,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     iterations = DataLoader(TensorDataset(torch.arange(cfg.ppo.iterations)), batch_size=1,
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
     trainer.fit(module, iterations, ckpt_path=str(resume) if resume else None)
-    evaluator(module, cfg.ppo.iterations)  # the final evaluation
+    evaluator(module, iteration_of(module))  # the final evaluation (done already if the KL budget stopped it)
     metrics = summary(module.history)
     if not trainer.is_global_zero:
         return metrics
@@ -236,9 +236,12 @@ def train_job(job: tuple[Config, Path]) -> dict:
 
 
 def seed_summary(per_seed: dict[int, dict]) -> dict:
-    """Each metric over the seeds: mean with its 95 % Student t interval and n, plus every seed's value."""
+    """Each metric over the seeds: mean with its 95 % interval and n, plus every seed's value. KL cannot
+    be negative, and its spread over seeds is wide and skewed: a percentile bootstrap of the mean keeps
+    its interval inside the support, where a t interval reached below 0; the rest take Student's t."""
     names = sorted({k for m in per_seed.values() for k, v in m.items() if isinstance(v, (int, float))})
-    metrics = {name: t_interval([m[name] for m in per_seed.values() if name in m]).to_dict() for name in names}
+    interval = lambda name: bootstrap_mean_interval if "kl" in name.split("_") else t_interval  # noqa: E731
+    metrics = {name: interval(name)([m[name] for m in per_seed.values() if name in m]).to_dict() for name in names}
     metrics["seeds"] = {str(seed): m for seed, m in sorted(per_seed.items())}
     return metrics
 

@@ -17,21 +17,32 @@ import numpy as np
 import pandas as pd
 
 from rlhf_lab import config as config_lib
-from rlhf_lab.analysis import distinct_n, fit_gao, fit_gao_over_seeds, gao_bon, gao_rl
+from rlhf_lab.analysis import distinct_n, fit_gao, gao_bon, gao_rl, rl_fits
 from rlhf_lab.comparisons import (
     OBJECTIVE_NAMES,
     comparison_table,
+    d_band,
     ensemble_comparison,
     fmt_interval,
     member_agreement,
     seed_band,
-    verdicts,
 )
 from rlhf_lab.config import Config, UserError
+from rlhf_lab.findings import (
+    add_endpoints,
+    ensemble_table,
+    family_metrics,
+    finding,
+    overoptimisation_counts,
+    primary_family,
+    replication,
+    seed_fit_table,
+    sweep_against_grid,
+)
 from rlhf_lab.data import read_jsonl, write_json
 from rlhf_lab.gold import gold_kind
 from rlhf_lab.stage import replacing_dir, stage_main
-from rlhf_lab.stats import Difference, t_interval
+from rlhf_lab.stats import Difference, bootstrap_mean_interval, t_interval
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -92,30 +103,53 @@ def draw_bands(ax, band: pd.DataFrame, x: str, y: str, palette: str = "tab10", l
         ax.fill_between(group[x], group["low"], group["high"], color=colors[setting], alpha=0.18, lw=0)
 
 
+def draw_d_bands(ax, hist: pd.DataFrame, y: str, palette: str = "tab10") -> None:
+    """Each setting's ``y`` averaged on a common d grid (mean line, 95 % band where ≥ 2 seeds reach d,
+    n in the legend); with five seeds or fewer each seed's own curve is drawn thin beside the mean,
+    since a t band on so few seeds spans most of the axis."""
+    import seaborn as sns
+
+    grid = np.round(np.arange(0, hist["d"].max() + 0.25, 0.25), 6)
+    band, seeds = d_band(hist, y, grid)
+    if band.empty:
+        return
+    colors = dict(zip(band["setting"].unique(), sns.color_palette(palette, band["setting"].nunique())))
+    for setting, group in band.groupby("setting", sort=False):
+        n = hist[hist["setting"] == setting]["seed"].nunique()
+        ax.plot(group["d"], group[y], color=colors[setting], lw=1.6, label=f"{setting} (n={n})")
+        ax.fill_between(group["d"], group["low"], group["high"], color=colors[setting], alpha=0.15, lw=0)
+        if n <= 5:
+            for _, own in seeds[seeds["setting"] == setting].groupby("seed"):
+                ax.plot(own["d"], own[y], color=colors[setting], lw=0.6, alpha=0.5)
+
+
 def overoptimisation(hist: pd.DataFrame, bon: pd.DataFrame, first: str, fig_dir: Path):
-    """Gold and proxy vs d for the β grid (mean ± 95 % band over seeds) and best-of-n, with the Gao fits."""
+    """Gold and proxy vs d for the β grid (averaged on d over seeds) and best-of-n, with the Gao fits;
+    the RL form fitted to the β = 0 single-RM runs of every condition."""
     kl_runs = hist[(hist["objective"] == "single") & (hist["condition"] == first)]
-    zero = kl_runs[(kl_runs["beta"] == 0) & ~kl_runs["adaptive"]]
-    rl_fit = fit_gao_over_seeds([(g["d"].to_numpy(), g["gold_gain"].to_numpy()) for _, g in zero.groupby("run")], "rl")
+    zero_single = hist[(hist["objective"] == "single") & (hist["beta"] == 0) & ~hist["adaptive"]]
+    rl = {condition: rl_fits([(g["d"].to_numpy(), g["gold_gain"].to_numpy()) for _, g in group.groupby("run")])
+          for condition, group in zero_single.groupby("condition", sort=False)}  # fmt: skip
+    zero = zero_single[zero_single["condition"] == first]
+    rl_fit = rl[first]
     single = bon[(bon["objective"] == "single") & (bon["condition"] == first)].copy()
     single["d"] = np.sqrt(single["kl_exact"])
     single["gold_gain"] = single["gold"] - single["gold"].iloc[0]
     bon_fit = fit_gao(single["d"], single["gold_gain"], "bon")
-    gold_band, proxy_band = seed_band(kl_runs, "gold"), seed_band(kl_runs, "proxy")
 
     def draw(axes):
         ax = axes[0]
-        draw_bands(ax, gold_band, "d", "gold")
+        draw_d_bands(ax, kl_runs, "gold")
         grid = np.linspace(0, zero["d"].max(), 200)
         base = zero.groupby("run")["gold"].first().mean()
         ax.plot(grid, base + gao_rl(grid, rl_fit["alpha"], rl_fit["beta"]), "k--", lw=2,
                 label=f"RL fit (β=0, {rl_fit['n_seeds']} seeds): α={rl_fit['alpha']:.2f}, β={rl_fit['beta']:.2f}")
-        ax.set(xlabel="d = √KL(π‖π_SFT)", ylabel="gold score", title="PPO: gold vs distance from SFT")
+        ax.set(xlabel="d = √KL(π‖π_SFT)", ylabel="gold score", title="PPO: gold vs distance from SFT (mean on d)")
         ax.legend(fontsize=7)
         ax = axes[1]
-        draw_bands(ax, proxy_band, "d", "proxy")
+        draw_d_bands(ax, kl_runs, "proxy")
         ax.set(xlabel="d = √KL(π‖π_SFT)", ylabel="proxy score (training objective)",
-               title="PPO: proxy vs distance from SFT")
+               title="PPO: proxy vs distance from SFT (mean on d)")
         ax = axes[2]
         ax.plot(single["d"], single["gold"], "o-", label="gold (best-of-n by proxy)")
         ax.fill_between(single["d"], single["gold_ci_low"], single["gold_ci_high"], alpha=0.2, lw=0)
@@ -126,7 +160,7 @@ def overoptimisation(hist: pd.DataFrame, bon: pd.DataFrame, first: str, fig_dir:
         ax.set(xlabel="d = √KL_bon (exact, empirical)", ylabel="score", title="Best-of-n on the SFT policy")
         ax.legend(fontsize=7)
 
-    return figure(fig_dir / "overoptimisation.png", draw, ncols=3, width=18), rl_fit, bon_fit
+    return figure(fig_dir / "overoptimisation.png", draw, ncols=3, width=18), rl, bon_fit
 
 
 def ensembles(hist: pd.DataFrame, bon: pd.DataFrame, fig_dir: Path):
@@ -158,8 +192,9 @@ def beta_ablation(runs: pd.DataFrame, hist: pd.DataFrame, first: str, fig_dir: P
     fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"] & (runs["condition"] == first)]
     summary_rows = []
     for beta, group in fixed.groupby("beta"):
-        summary_rows.append({"beta": beta, **{c: t_interval(group[c]) for c in
-                                              ("gold_final", "proxy_final", "kl_final", "distinct_2", "gold_peak")}})
+        # KL cannot be negative: a bootstrap interval of its mean stays inside the support (a t interval did not).
+        summary_rows.append({"beta": beta, **{c: (bootstrap_mean_interval if c == "kl_final" else t_interval)(group[c])
+                                              for c in ("gold_final", "proxy_final", "kl_final", "distinct_2", "gold_peak")}})
     summary_frame = pd.DataFrame(summary_rows)
     trade = hist[(hist["objective"] == "single") & ~hist["adaptive"] & (hist["condition"] == first)].copy()
     trade["combined"] = trade["proxy"] - trade["beta"] * trade["kl"]
@@ -317,16 +352,77 @@ def fmt_fit(fit: dict) -> str:
 
 
 METHODS = (
-    "<p><b>Statistics.</b> Each setting runs under several seeds (the policy's sampling and the prompt order). "
-    "Curves are the mean over seeds at the shared evaluation steps, the x value being the mean of the seeds' "
-    "x at that step, with a shaded 95 % Student t band for the y value. Levels are mean [95 % Student t CI] "
-    "with n the number of seeds. Differences between two settings are Welch's t (unequal variances; "
-    "interval and two-sided p); seeds are treated as independent, since runs that share a seed diverge after "
-    "their first update. An exact permutation p-value is given beside it: with 3 seeds a side its smallest "
-    "possible value is 0.1, so it alone cannot reach 5 %. Gao et al. fits pool the seeds' points; their 95 % "
-    "intervals come from a percentile bootstrap over seeds (whole runs resampled). Best-of-n intervals are a "
-    "percentile bootstrap over prompts. Statements at the 5 % level are not corrected for multiple comparisons.</p>"
+    "<p><b>Design and statistics.</b> Each setting runs under several seeds (the policy's sampling and the prompt "
+    "order). A run stops at its first evaluation whose KL to SFT reaches <code>ppo.kl_budget</code>, or at the "
+    "iteration cap, so that every objective gets the same distance budget. The endpoints were declared before the "
+    "data: per run, the gold peak, the KL at the peak, gold where the run first reaches each distance of "
+    "<code>report.d_grid</code> (d = √KL, interpolated between evaluations), the final gold at the budget and the "
+    "gold drop (peak − final). The primary family has one endpoint per question: the gold peak of each ensemble "
+    "objective against the single RM of its condition; the final gold of each β against β = 0; best-of-n gold at "
+    "the largest n of each objective against the single RM, per condition, paired over prompts (95 % bootstrap "
+    "interval over prompts, sign-flip permutation p). Over seeds, differences are Welch's t (unequal variances; "
+    "interval and two-sided p; seeds are independent runs). Holm's step-down correction over the whole primary "
+    "family keeps the family-wise error at <code>report.alpha</code>; \"supported\" means after it, and a "
+    "supported negative difference is reported as a harm. Secondary endpoints are shown as estimates with "
+    "intervals and no verdict. Power: the difference each comparison detects with 80 % power at Holm's strictest "
+    "level α/m (a lower bound on the corrected test's power), from the observed spread; seeds needed: per side, "
+    "for a difference of the observed size at that level. Robust: the verdict is unchanged with any one seed "
+    "left out of every setting (Holm recomputed each time). Curves against d are each seed's curve interpolated "
+    "on a common d grid and averaged where at least two seeds reach that d (95 % t band; with five seeds or fewer "
+    "each seed is drawn thin); step-aligned curves (training) average the seeds at shared steps. Gao et al. fits "
+    "pool the seeds' points, with a percentile bootstrap over seeds for α and β.</p>"
 )
+
+
+def findings_section(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.DataFrame, bon: pd.DataFrame,
+                     cfg: Config) -> str:  # fmt: skip
+    """The answers first: one line per primary question, each with its estimate [CI], n, Holm p and robustness."""
+    r = cfg.report
+    lines = []
+    single = counts[(counts["objective"] == "single") & (counts["beta"] == 0)]
+    over = "; ".join(f"{row['condition']}: {int(row['seeds_overoptimised'])} of {int(row['seeds'])} seeds"
+                     for _, row in single.iterrows())  # fmt: skip
+    fits = "; ".join(f"{c}: pooled R² = {f['r2']:.3f}" + (f", mean curve R² = {f['mean_curve']['r2']:.3f}"
+                                                           if f["mean_curve"] else "")
+                     + f", median seed R² = {np.median([s['r2'] for s in f['per_seed']]):.2f}" for c, f in rl.items())  # fmt: skip
+    lines.append(f"Does the single RM over-optimise at β = 0 (gold falls ≥ {r.overopt_drop:g} from its peak while the "
+                 f"proxy rises)? {over}. Gao's RL form d(α − β log d): {fits}.")  # fmt: skip
+    for question in ("beta", "ensemble", "bon"):
+        lines += [finding(row, r.alpha) for _, row in family[family["question"] == question].iterrows()]
+    for condition, group in bon[bon["objective"] == "single"].groupby("condition", sort=False):
+        fit = fit_gao(np.sqrt(group["kl_exact"]), group["gold"] - group["gold"].iloc[0], "bon")
+        top = int(group["n"].max())
+        where = (f"beyond n = {top} (KL {fit['peak_kl']:.2f} nats against {group['kl_exact'].max():.2f} at n = {top})"
+                 if fit["peak_kl"] > group["kl_exact"].max() else f"inside the data (KL {fit['peak_kl']:.2f} nats)")  # fmt: skip
+        lines.append(f"{condition}: best-of-n by the single RM, Gao's form d(α − β d) puts the gold peak {where}.")
+    if not family.empty:
+        m, supported = int(family["family_size"].iloc[0]), int((family["verdict"] != "not supported").sum())
+        robust = int((family["robust"] & (family["verdict"] != "not supported")).sum())
+        lines.append(f"Primary family: {m} comparisons, Holm at {r.alpha:g}; {supported} supported, {robust} of them "
+                     "robust to leaving any one seed out. The rest are not findings of this run.")  # fmt: skip
+    return "<h2>Findings</h2><ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+
+
+def design_metrics(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.DataFrame, first: str) -> dict:
+    """metrics.json keys of the declared design: endpoints by objective, the RL fits' checks, the primary family."""
+    from rlhf_lab.findings import zero_beta
+
+    metrics = family_metrics(family)
+    for (condition, objective), group in zero_beta(runs).groupby(["condition", "objective"], sort=False):
+        for column in ["gold_peak", "gold_peak_kl", *[c for c in runs if c.startswith("gold_at_d")]]:
+            metrics.update({f"ensemble.{condition}.{objective}.{column}.{k}": v
+                            for k, v in t_interval(group[column]).to_dict().items()})  # fmt: skip
+    for condition, fit in rl.items():
+        row = counts[(counts["condition"] == condition) & (counts["objective"] == "single") & (counts["beta"] == 0)]
+        keys = {"seeds_overoptimised": int(row["seeds_overoptimised"].sum()), "seeds": int(row["seeds"].sum()),
+                "per_seed_peak_in_range": all(s["peak_in_range"] for s in fit["per_seed"]),
+                "r2_per_seed_min": min(s["r2"] for s in fit["per_seed"]),
+                "r2_per_seed_median": float(np.median([s["r2"] for s in fit["per_seed"]])),
+                "r2_mean_curve": fit["mean_curve"]["r2"] if fit["mean_curve"] else None, "r2": fit["r2"]}  # fmt: skip
+        metrics.update({f"overopt.rl.{condition}.{k}": v for k, v in keys.items()})
+        if condition == first:
+            metrics.update({f"overopt.rl.{k}": v for k, v in keys.items() if k != "r2"})
+    return metrics
 
 
 def describe_gold(cfg: Config) -> str:
@@ -397,6 +493,8 @@ def run(cfg: Config) -> dict:
     if "gold" not in hist:
         return proxy_only_report(cfg, runs, hist, reward_metrics)
     bon = pd.read_csv(Path(cfg.paths.best_of_n) / "bon.csv")
+    bon_prompts_csv = Path(cfg.paths.best_of_n) / "bon_prompts.csv"
+    bon_prompts = pd.read_csv(bon_prompts_csv) if bon_prompts_csv.is_file() else None
     calibration = pd.read_csv(Path(cfg.for_condition(first).paths.reward) / "calibration.csv")
     sweep_dir = Path(cfg.paths.sweep)
     trials = pd.read_csv(sweep_dir / "trials.csv")
@@ -406,9 +504,16 @@ def run(cfg: Config) -> dict:
             raise UserError(f"report.default_run/hacking_run: no PPO setting named {name!r}; "
                             f"settings: {', '.join(runs['setting'].unique())}")  # fmt: skip
 
+    runs = add_endpoints(runs, hist, r.d_grid, r.overopt_drop)
+    family = primary_family(runs, bon_prompts, first, r.alpha)
+    replicated, replication_metrics = (replication(runs, bon_prompts, first, r.alpha, r.seed_sets) if r.seed_sets
+                                       else (pd.DataFrame(), {}))  # fmt: skip
+    counts = overoptimisation_counts(runs)
+
     with replacing_dir(cfg.paths.report, merge=True) as out:  # reports/README.md stays
         fig_dir = out / "figures"
-        overopt_png, rl_fit, bon_fit = overoptimisation(hist, bon, first, fig_dir)
+        overopt_png, rl, bon_fit = overoptimisation(hist, bon, first, fig_dir)
+        rl_fit = rl[first]
         ensembles_png = ensembles(hist, bon, fig_dir)
         beta_png, beta_summary, trade = beta_ablation(runs, hist, first, fig_dir)
         rm_png, scaling = rm_quality(reward_metrics, calibration, hist, fig_dir)
@@ -418,6 +523,8 @@ def run(cfg: Config) -> dict:
         setting_gold = runs.groupby("setting")["gold_final"].mean()
         best_setting = setting_gold.idxmax()
         metrics = headline_metrics(rl_fit, bon_fit, comparison, beta_summary, sweep_metrics, first)
+        metrics.update(design_metrics(runs, rl, counts, family, first))
+        metrics.update(replication_metrics)
         metrics.update({"best_run": best_setting, "best_run.gold_final": float(setting_gold.max())})
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
@@ -435,8 +542,12 @@ def run(cfg: Config) -> dict:
         beta_table = pd.DataFrame({"β": beta_summary["beta"], "n": [iv.n for iv in beta_summary["gold_final"]],
                                    **{f"{c} [95 % CI]": beta_summary[c].map(fmt_interval) for c in
                                       ("gold_final", "gold_peak", "proxy_final", "kl_final", "distinct_2")}})  # fmt: skip
-        fits = pd.DataFrame([{"seed": i, **{k: f[k] for k in ("alpha", "beta", "r2", "peak_kl")}}
-                             for i, f in enumerate(rl_fit["per_seed"])])  # fmt: skip
+        best_trial = sweep_metrics.get("sweep.best.trial")
+        trial_finals = [json.loads(p.read_text())["gold_final"] for p in
+                        sorted((sweep_dir / "trials" / f"trial_{best_trial}").glob("seed_*/metrics.json"))]  # fmt: skip
+        sweep_note = sweep_against_grid(trial_finals, {"beta": metrics["sweep.best.beta"] or math.nan,
+                                                       "clip_eps": metrics["sweep.best.clip_eps"] or math.nan},
+                                        runs, first, r.alpha) if best_trial is not None else ""  # fmt: skip
         importance_table, importance_note = importances(sweep_dir, cfg.sweep.storage, cfg.sweep.study_name)
         rm_table = pd.DataFrame([{"condition": c, "model": k, **v} for c, m in reward_metrics.items()
                                  for k, v in m.items() if k.startswith(("member", "ensemble"))])  # fmt: skip
@@ -445,20 +556,37 @@ def run(cfg: Config) -> dict:
             "<p>Every number below is read from the runs' files written by the pipeline "
             f"(<code>runs/</code>, <code>models/reward</code>); {describe_gold(cfg)}, proxy the "
             "learned reward model(s) used for training, normalised to mean 0 / std 1 on SFT samples.</p>",
+            findings_section(runs, rl, counts, family, bon, cfg),
+            *(["<p><b>Replication</b>: each primary comparison over seeds decided from each disjoint seed set "
+               "alone (Holm within the set); a verdict that differs between the sets is not a finding.</p>",
+               table(replicated)] if not replicated.empty else []),
             METHODS,
             "<h2>1. Over-optimisation (Gao et al. 2022)</h2>", embed(overopt_png),
-            f"<p><b>RL</b> (β = 0, single RM, {first} condition, seeds pooled; gold gain vs d): {fmt_fit(rl_fit)}.<br>"
+            "<p><b>RL</b> (β = 0, single RM, seeds pooled; gold gain vs d): "
+            + "<br>".join(f"{c}: {fmt_fit(f)}; fit to the mean curve on a common d grid: R² = "
+                          f"{f['mean_curve']['r2']:.3f}" if f["mean_curve"] else f"{c}: {fmt_fit(f)}"
+                          for c, f in rl.items()) + ".<br>"
             f"<b>Best-of-n</b> (SFT policy, unbiased estimator over {cfg.best_of_n.samples_per_prompt} samples "
             f"per prompt; d from the exact KL of best-of-n over the empirical sample distribution, which "
             f"differs from the bound log n − (n−1)/n only through ties): {fmt_fit(bon_fit)}.</p>",
-            "<p>The RL fit of each seed alone:</p>", table(fits),
+            "<p>The RL fit of each seed alone:</p>", table(seed_fit_table(rl)),
+            "<p>Seeds that over-optimised (gold fell at least "
+            f"{r.overopt_drop:g} from its peak while the proxy ended above its value there), per setting:</p>",
+            table(counts),
             "<h2>2. Reward-model ensembles (Coste et al. 2023)</h2>", embed(ensembles_png),
             f"<p>β = 0 runs by training objective and reward condition ({describe_conditions(cfg)}). "
             "Gold drop = peak gold − final gold of a run; gold at matched KL = the gold where the run first "
             "reaches the matched KL (interpolated between evaluations; the median KL of the condition's gold "
             f"peaks unless <code>report.matched_kl</code> is set). Uncertainty-weighted λ = {cfg.ppo.uwo_lambda}.</p>",
-            table(comparison_table(comparison)) if not comparison.empty else "<p>No β = 0 runs.</p>",
-            "<p>What the data support:</p><ul>" + "".join(f"<li>{line}</li>" for line in verdicts(comparison)) + "</ul>",
+            "<p>The primary endpoint is the gold peak, tested against the single RM of the same condition within the "
+            "primary family (Holm); gold at each distance, gold drop and KL at the peak are secondary endpoints, shown "
+            "as estimates with 95 % intervals and no verdict. MDE: the difference detectable with 80 % power at "
+            "Holm's strictest level from the observed seed spread; seeds needed: per side, for a difference of the "
+            "observed size.</p>",
+            table(ensemble_table(runs, family, r.d_grid)) if not family.empty else "<p>No β = 0 runs.</p>",
+            "<p>Earlier endpoints (gold drop, gold at a matched KL; Welch, uncorrected; kept for comparison with "
+            "earlier reports, no verdict):</p>",
+            table(comparison_table(comparison)) if not comparison.empty else "",
             "<p>Why an ensemble can fail to help: if its members agree on the policy's samples, every aggregate "
             "(mean, worst case, variance penalty) rewards the same text. On the β = 0 policies' final samples:</p>",
             table(agreement) if not agreement.empty else "",
@@ -474,7 +602,7 @@ def run(cfg: Config) -> dict:
             "<h2>7. Optuna study (β, clip ε)</h2>", embed(sweep_png),
             f"<p>Best: β = {fmt_sig(metrics['sweep.best.beta'])}, ε = {fmt_sig(metrics['sweep.best.clip_eps'])} "
             f"({sweep_metrics['sweep.n_trials']} trials, {sweep_metrics['sweep.n_pruned']} pruned; each trial's "
-            f"objective is the mean final gold over {cfg.sweep.seeds} seed(s)). {importance_note}</p>",
+            f"objective is the mean final gold over {cfg.sweep.seeds} seed(s)). {sweep_note} {importance_note}</p>",
             table(importance_table) if importance_table is not None else "",
             table(rounded_trials(trials)),
             "<h2>8. Every run</h2>", table(run_table),
@@ -495,7 +623,7 @@ def describe_conditions(cfg: Config) -> str:
 def headline_metrics(rl_fit: dict, bon_fit: dict, comparison: pd.DataFrame, beta_summary: pd.DataFrame,
                      sweep_metrics: dict, first: str) -> dict:  # fmt: skip
     """metrics.json: flat dotted keys, as `dvc metrics show` lists them."""
-    metrics = {f"overopt.rl.{k}": v for k, v in rl_fit.items() if k != "per_seed"}
+    metrics = {f"overopt.rl.{k}": v for k, v in rl_fit.items() if k not in ("per_seed", "mean_curve")}
     metrics.update({f"overopt.bon.{k}": v for k, v in bon_fit.items()})
     for _, row in comparison.iterrows():
         key = f"ensemble.{row['condition']}.{row['objective']}"

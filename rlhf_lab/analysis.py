@@ -104,3 +104,52 @@ def fit_gao_over_seeds(runs: list[tuple[np.ndarray, np.ndarray]], form: str, n_r
     else:
         fit["alpha_ci"] = fit["beta_ci"] = [float("nan"), float("nan")]
     return fit
+
+
+def values_on_d_grid(kl: np.ndarray, value: np.ndarray, d_grid) -> np.ndarray:
+    """``value`` where a run first reaches each distance d = √KL of ``d_grid`` (NaN beyond its reach)."""
+    return np.array([value_at_kl(kl, value, d * d) for d in d_grid])
+
+
+def run_endpoints(kl, gold, proxy, d_grid, min_drop: float = 0.2) -> dict:
+    """The declared endpoints of one run's evaluation curve (evaluation order, KL in nats):
+
+    gold peak and the KL there, final gold (at the run's budget) and gold drop (peak − final), gold
+    at each distance of ``d_grid`` (``gold_at_d<d>``), and whether the run over-optimised: gold
+    fell at least ``min_drop`` from its peak while the proxy it was trained on ended above its value
+    at that peak.
+    """
+    kl, gold, proxy = (np.asarray(x, dtype=np.float64) for x in (kl, gold, proxy))
+    peak = int(np.nanargmax(gold))
+    out = {"gold_peak": float(gold[peak]), "gold_peak_kl": float(kl[peak]), "gold_final": float(gold[-1]),
+           "gold_drop": float(gold[peak] - gold[-1]), "kl_final": float(kl[-1])}  # fmt: skip
+    out["overoptimised"] = bool(out["gold_drop"] >= min_drop and proxy[-1] > proxy[peak])
+    for d, g in zip(d_grid, values_on_d_grid(kl, gold, d_grid)):
+        out[f"gold_at_d{d:g}"] = float(g)
+    return out
+
+
+def mean_curve(runs: list[tuple[np.ndarray, np.ndarray]], step: float = 0.25) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds' (d, value) curves interpolated on one d grid (where each first reaches d) and averaged
+    where at least half of them, and two, reach it: (grid, mean, seeds behind each mean)."""
+    top = max(float(np.nanmax(d)) for d, _ in runs)
+    grid = np.arange(0.0, top + 1e-9, step)
+    values = np.array([values_on_d_grid(np.asarray(d) ** 2, v, grid) for d, v in runs])  # (seeds, grid)
+    count = np.isfinite(values).sum(axis=0)
+    keep = count >= max(2, math.ceil(len(runs) / 2))
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=0) if len(runs) else grid * np.nan
+    return grid[keep], mean[keep], count[keep]
+
+
+def rl_fits(runs: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict:
+    """The RL form fitted three ways to β = 0 runs' (d, gold gain) curves: pooled over seeds (with the
+    bootstrap over seeds of :func:`fit_gao_over_seeds`), to the mean curve on a common d grid, and to
+    each seed alone, with whether each seed's fitted peak lies inside the distance it reached."""
+    fit = fit_gao_over_seeds(runs, "rl", seed=seed)
+    grid, mean, _ = mean_curve(runs)
+    fit["mean_curve"] = fit_gao(grid, mean, "rl") if len(grid) >= 3 else None
+    for own, (d, _) in zip(fit["per_seed"], runs):
+        own["max_kl"] = float(np.nanmax(d) ** 2)
+        own["peak_in_range"] = bool(math.isfinite(own["peak_d"]) and own["peak_d"] <= np.nanmax(d))
+    return fit

@@ -1,6 +1,6 @@
 """The report's comparisons over seeds (pandas around :mod:`rlhf_lab.stats`): curves as bands at the
 shared evaluation steps, each ensemble objective against the single reward model, the sentences that
-say which differences the data support, and the members' agreement on hacked samples.
+and the members' agreement on hacked samples.
 
 Inputs are the report's frames: ``runs`` (one row per PPO run: setting, condition, beta, objective,
 adaptive, seed, path and its metrics) and ``hist`` (every run's evaluation rows with the same keys).
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis import value_at_kl
+from rlhf_lab.analysis import value_at_kl, values_on_d_grid
 from rlhf_lab.data import read_jsonl
 from rlhf_lab.stats import Difference, Interval, t_interval, welch_difference
 
@@ -28,6 +28,25 @@ def seed_band(hist: pd.DataFrame, y: str, x: str = "d") -> pd.DataFrame:
         rows.append({"setting": setting, "step": step, x: group[x].mean(), y: band.mean, "low": band.ci_low,
                      "high": band.ci_high, "n": band.n})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def d_band(hist: pd.DataFrame, y: str, grid) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per setting, each seed's ``y`` interpolated where it first reaches each d of ``grid`` (d = √KL),
+    then the mean and 95 % t band over the seeds that reach it, kept where at least two do.
+
+    Returns (band: setting, d, y, low, high, n; seeds: setting, seed, d, y). Averaging on d rather than
+    on shared steps keeps seeds that travel at different speeds from mixing distances in one point."""
+    bands, seeds = [], []
+    for setting, group in hist.groupby("setting", sort=False):
+        curves = {seed: values_on_d_grid(h["kl"].to_numpy(), h[y].to_numpy(), grid)
+                  for seed, h in group.sort_values("step").groupby("seed")}  # fmt: skip
+        for seed, values in curves.items():
+            seeds += [{"setting": setting, "seed": seed, "d": d, y: v} for d, v in zip(grid, values) if np.isfinite(v)]
+        for i, d in enumerate(grid):
+            band = t_interval([values[i] for values in curves.values()])
+            if band.n >= 2:
+                bands.append({"setting": setting, "d": d, y: band.mean, "low": band.ci_low, "high": band.ci_high, "n": band.n})
+    return pd.DataFrame(bands), pd.DataFrame(seeds)
 
 
 def matched_kl(runs: pd.DataFrame, requested: float | None) -> float:
@@ -57,24 +76,6 @@ def ensemble_comparison(runs: pd.DataFrame, hist: pd.DataFrame, requested_kl: fl
                     row[f"{column}_vs_single"] = welch_difference(mine[column], single[column])
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def verdicts(comparison: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """One sentence per ensemble objective and condition: which differences the data support."""
-    lines = []
-    for _, row in comparison[comparison["objective"] != "single"].iterrows():
-        for column, what in (("gold_drop", "gold drop"), ("gold_at_kl", f"gold at KL {row['matched_kl']:.1f}")):
-            diff = row.get(f"{column}_vs_single")
-            if not isinstance(diff, Difference):
-                continue
-            supported = np.isfinite(diff.p) and diff.p < alpha
-            direction = "higher" if diff.diff > 0 else "lower"
-            lines.append(
-                f"{row['condition']}, {OBJECTIVE_NAMES[row['objective']]}: {what} {direction} than the single RM by "
-                f"{abs(diff.diff):.3f} [95 % CI {diff.ci_low:.3f}, {diff.ci_high:.3f}], Welch p = {diff.p:.3f}: "
-                + ("<b>supported</b> at the 5 % level." if supported else "<b>not supported</b> at the 5 % level.")
-            )
-    return lines
 
 
 def member_agreement(runs: pd.DataFrame) -> pd.DataFrame:

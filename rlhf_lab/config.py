@@ -281,7 +281,10 @@ class PPOConfig:
     # 0 … n−1) or a list of distinct integers >= 0. Normalised to a tuple.
     seeds: int | tuple[int, ...] = 3
     reward_condition: Optional[str] = None  # an entry of reward_conditions; None = the first
-    iterations: int = 200
+    iterations: int = 200  # the cap; with kl_budget a run usually ends earlier
+    # Stop at the first evaluation whose KL to the reference (nats per response) reaches this: runs
+    # then end at one distance from SFT, whatever their speed. None: run every iteration.
+    kl_budget: Optional[float] = None
     batch_size: int = 64  # prompts (= responses) per iteration, in each data-parallel process
     ppo_epochs: int = 2
     minibatches: int = 2
@@ -333,6 +336,7 @@ class PPOConfig:
             _check(getattr(self, name) >= 0, name, "expected a number >= 0")
         _check(0 < self.clip_eps < 1, "clip_eps", "expected a number in (0, 1)")
         _check(self.target_kl > 0, "target_kl", "expected a number > 0")
+        _check(self.kl_budget is None or self.kl_budget > 0, "kl_budget", "expected null or a number > 0")
         _check(0 <= self.gamma <= 1, "gamma", "expected a number in [0, 1]")
         _check(0 <= self.lam <= 1, "lam", "expected a number in [0, 1]")
         _check(self.lr > 0, "lr", "expected a number > 0")
@@ -390,6 +394,22 @@ class ReportConfig:
     hacking_run: str = "beta0"  # the run whose late samples show hacking
     samples: int = 4  # prompts shown in the reward-hacking table
     matched_kl: Optional[float] = None  # KL (nats) of the ensemble comparison; None: median KL of the gold peaks
+    # The declared endpoints: gold where each run first reaches these distances d = √KL from SFT.
+    d_grid: tuple[float, ...] = (2.0, 3.0, 4.0)
+    alpha: float = 0.05  # family-wise error rate of the primary comparisons (Holm)
+    overopt_drop: float = 0.2  # a run over-optimised: gold fell this far from its peak while proxy rose
+    # Disjoint sets of seeds (e.g. [[0, …, 9], [10, …, 19]]): each primary verdict is also set from each
+    # set alone, side by side, to show which replicate. None: no replication table.
+    seed_sets: Optional[tuple[tuple[int, ...], ...]] = None
+
+    def __post_init__(self):
+        _check(len(self.d_grid) >= 1 and all(d > 0 for d in self.d_grid), "d_grid", "expected numbers > 0")
+        _check(0 < self.alpha < 1, "alpha", "expected a number in (0, 1)")
+        _check(self.overopt_drop > 0, "overopt_drop", "expected a number > 0")
+        sets = self.seed_sets or ()
+        _check(all(len(one) >= 2 for one in sets), "seed_sets", "expected lists of at least two seeds")
+        _check(sum(len(one) for one in sets) == len({s for one in sets for s in one}), "seed_sets",
+               "the sets must be disjoint")  # fmt: skip
 
 
 CONDITION_SECTIONS = ("preferences", "reward")  # the sections a reward condition may override

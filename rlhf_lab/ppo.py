@@ -308,6 +308,11 @@ class PPOModule(pl.LightningModule):
         prompt_ids, prompt_mask = self.iteration_prompts(iteration, batch)
         if self.evaluate_fn is not None and iteration % self.cfg.eval_every == 0:
             self.evaluate_fn(self, iteration)
+            if kl_budget_reached(self.history, self.cfg.kl_budget):
+                # A distance budget, not an iteration one: the run ends at the evaluation that first
+                # reaches it, before this iteration's update (every rank evaluates alike, so all stop).
+                self.trainer.should_stop = True
+                return None
         start = time.perf_counter()
         ro = self.rollout(prompt_ids, prompt_mask)
         rollout_s = time.perf_counter() - start
@@ -411,6 +416,11 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def kl_budget_reached(history: list[dict], kl_budget: float | None) -> bool:
+    """Has the latest evaluation's KL to the reference (nats per response) reached the budget?"""
+    return kl_budget is not None and bool(history) and history[-1]["kl"] >= kl_budget
 
 
 def optimizer_steps_per_iteration(cfg: PPOConfig) -> int:

@@ -334,7 +334,9 @@ def summary(metrics: dict, limit: int = 12) -> str:
     rest are in its metrics.json."""
     lines = []
     for key, value in sorted(flatten({k: v for k, v in metrics.items() if k != "seeds"}, interval_leaves=True).items()):
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value["ci_low"] == value["ci_high"]:  # the same in every seed: no interval
+            lines.append(f"{key}: {value['mean']:.4g} (all {value['n']})")
+        elif isinstance(value, dict):
             lines.append(f"{key}: {value['mean']:.4g} [{value['ci_low']:.4g}, {value['ci_high']:.4g}] (n={value['n']})")
         elif isinstance(value, float):
             lines.append(f"{key}: {value:.4g}")

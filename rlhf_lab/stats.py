@@ -145,3 +145,85 @@ def group_bootstrap(groups: Sequence, statistic: Callable[[list], Sequence[float
         raise ValueError("group_bootstrap: the statistic failed on every resample")
     tail = (1 - level) / 2 * 100
     return np.percentile(np.stack(draws), [tail, 100 - tail], axis=0).T
+
+
+# ------------------------------------------------------------------------ families of tests
+def verdict(diff: float, p_adjusted: float, alpha: float = 0.05) -> str:
+    """'higher', 'lower' (a supported harm when the difference is the treatment minus the control)
+    or 'not supported': the two-sided test's outcome at ``alpha`` after correction."""
+    if not (np.isfinite(p_adjusted) and p_adjusted < alpha):
+        return "not supported"
+    return "higher" if diff > 0 else "lower"
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979): sorted ascending, p_(i) · (m − i + 1),
+    made monotone by a running maximum and capped at 1. NaN p-values are left out of the family
+    (m counts only the finite ones) and stay NaN. Rejecting where p_holm < α keeps the family-wise
+    error rate at α under any dependence between the tests."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.nonzero(np.isfinite(p))[0]
+    m = len(finite)
+    if m == 0:
+        return adjusted
+    order = finite[np.argsort(p[finite], kind="stable")]
+    stepped = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    adjusted[order] = stepped
+    return adjusted
+
+
+def minimum_detectable_difference(sd_a: float, n_a: int, sd_b: float, n_b: int, alpha: float = 0.05,
+                                  power: float = 0.8) -> float:  # fmt: skip
+    """The smallest true difference of means a two-sided Welch test at level ``alpha`` detects with
+    probability ``power``, from the observed spreads: (t_{1−α/2, ν} + t_{power, ν}) · √(s_a²/n_a + s_b²/n_b),
+    ν the Welch–Satterthwaite degrees of freedom (the usual t approximation to the noncentral t)."""
+    if n_a < 2 or n_b < 2:
+        return math.nan
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def seeds_needed(sd_a: float, sd_b: float, difference: float, alpha: float = 0.05, power: float = 0.8,
+                 most: int = 10_000) -> int | None:  # fmt: skip
+    """Seeds per side (equal on both) for :func:`minimum_detectable_difference` to reach |difference|
+    at these spreads; None where it needs more than ``most`` (or the difference is 0)."""
+    if not np.isfinite(difference) or difference == 0 or not (np.isfinite(sd_a) and np.isfinite(sd_b)):
+        return None
+    for n in range(2, most + 1):
+        if minimum_detectable_difference(sd_a, n, sd_b, n, alpha, power) <= abs(difference):
+            return n
+    return None
+
+
+def leave_one_seed_out(family: dict[str, tuple[dict[int, float], dict[int, float]]],
+                       fixed: dict[str, tuple[float, float]] | None = None, alpha: float = 0.05) -> dict[str, bool]:  # fmt: skip
+    """Which verdicts of a family no single seed decides.
+
+    ``family`` maps each comparison over seeds to its two sides' values by seed ({seed: value});
+    ``fixed`` maps the family's other comparisons (not over seeds, e.g. best-of-n's over prompts) to
+    their (difference, p). The verdict of each comparison (:func:`verdict` after :func:`holm` over
+    the whole family, Welch's test for those over seeds) is recomputed with each seed in turn left
+    out of every side that has it; a comparison is robust when its verdict is the same in every such
+    rerun as with all seeds. A fixed comparison can lose robustness only through Holm's ranks.
+    """
+    fixed = fixed or {}
+
+    def verdicts(drop: int | None) -> dict[str, str]:
+        tests = {name: welch_difference([v for s, v in a.items() if s != drop], [v for s, v in b.items() if s != drop])
+                 for name, (a, b) in family.items()}  # fmt: skip
+        pairs = {**{name: (d.diff, d.p) for name, d in tests.items()}, **fixed}
+        adjusted = holm([p for _, p in pairs.values()])
+        return {name: verdict(diff, q, alpha) for (name, (diff, _)), q in zip(pairs.items(), adjusted)}
+
+    full = verdicts(None)
+    seeds = sorted({s for a, b in family.values() for s in (*a, *b)})
+    robust = dict.fromkeys(full, True)
+    for seed in seeds:
+        for name, outcome in verdicts(seed).items():
+            robust[name] &= outcome == full[name]
+    return robust

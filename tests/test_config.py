@@ -175,6 +175,18 @@ def test_seeds_are_a_count_or_a_list():
 def test_example_params_load_and_name_every_dvc_param():
     for path in sorted((ROOT / "examples").glob("*/params.yaml")):
         cfg = config.load(path)
-        assert cfg.task.gold and cfg.model.name_or_path  # a real setting: its own model and gold
+        if path.parent.name != "study":
+            assert cfg.task.gold and cfg.model.name_or_path  # a real setting: its own model and gold
         data = yaml.safe_load(path.read_text())
         assert set(data) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))  # every section dvc.yaml reads
+
+
+def test_the_study_is_the_default_experiment_with_more_seeds_in_two_disjoint_sets():
+    study, default = config.load(ROOT / "examples" / "study" / "params.yaml"), config.load(ROOT / "params.yaml")
+    a, b = study.to_dict(), default.to_dict()
+    changed = {f"{section}.{key}" for section in a if isinstance(a[section], dict)
+               for key in a[section] if a[section][key] != b[section].get(key)}
+    assert changed == {"ppo.seeds", "report.seed_sets", "report.title", "sweep.n_trials", "sweep.seeds"}
+    first, second = study.report.seed_sets
+    assert len(first) >= 10 and len(second) >= 10 and not set(first) & set(second)
+    assert set(first) | set(second) == set(study.ppo.seeds)

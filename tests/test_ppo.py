@@ -114,6 +114,19 @@ def test_ppo_stage_runs_every_seed_side_by_side_and_summarises(ppo_cfg):
     assert not (Path(ppo_cfg.paths.ppo) / ".checkpoints" / "default").exists()
 
 
+def test_a_run_stops_at_the_first_evaluation_that_reaches_its_kl_budget(ppo_cfg):
+    from pipelines import ppo
+
+    cfg = ppo_cfg.replace(ppo={"iterations": 8, "kl_budget": 1e-4, "seeds": [0], "run_name": "budget"})
+    metrics = ppo.run(cfg)
+    frame = pd.read_csv(Path(cfg.paths.ppo) / "budget" / "seeds" / "seed_0" / "eval_history.csv")
+    # Step 0 is the reference itself (KL 0 < budget); step 2's evaluation reaches the budget and the run
+    # ends there, before that iteration's update, instead of running its 8 iterations.
+    assert list(frame["step"]) == [0, 2]
+    assert frame["kl"].iloc[-1] >= 1e-4
+    assert metrics["steps"]["mean"] == 2 and metrics["kl_final"]["mean"] == pytest.approx(frame["kl"].iloc[-1])
+
+
 def test_the_stage_process_runs_seeds_in_forked_workers_with_the_same_numbers(ppo_cfg, tmp_path):
     """`python -m pipelines.ppo` forks a worker per seed (one thread each); a seed's run there is the
     run this process makes of it with one thread: side by side changes nothing but the wall time."""

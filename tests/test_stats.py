@@ -94,3 +94,20 @@ def test_gao_fit_over_seeds_recovers_the_coefficients_with_intervals():
     assert fit["alpha_ci"][0] < 0.6 < fit["alpha_ci"][1]
     assert fit["beta_ci"][0] < 0.3 < fit["beta_ci"][1]
     assert fit["alpha"] == pytest.approx(0.6, abs=0.05) and fit["r2"] > 0.9
+
+
+def test_the_stage_summary_gives_a_constant_no_interval():
+    from rlhf_lab.stage import summary
+
+    text = summary({"steps": {"mean": 80, "ci_low": 80, "ci_high": 80, "n": 3},
+                    "gold_final": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 3}})
+    assert text.splitlines() == ["gold_final: 0.5 [0.25, 0.75] (n=3)", "steps: 80 (all 3)"]
+
+
+def test_kl_summaries_over_seeds_stay_inside_the_support():
+    from pipelines.ppo import seed_summary
+
+    # A t interval over these reaches below 0 (mean 75, s 108: 75 − 4.30 · 62.4 < 0); KL cannot.
+    kl = seed_summary({0: {"kl_final": 10.0}, 1: {"kl_final": 200.0}, 2: {"kl_final": 15.0}})["kl_final"]
+    assert kl["mean"] == 75.0 and 10.0 <= kl["ci_low"] <= kl["ci_high"] <= 200.0
+    assert t_interval([10.0, 200.0, 15.0]).ci_low < 0

@@ -128,15 +128,32 @@ def test_report_stage(experiment_cfg, experiment):
         assert 0 <= saved[f"ensemble.{condition}.wco.vs_single.p"] <= 1
         assert f"ensemble.{condition}.single.vs_single.diff" not in saved
     assert saved["ensemble.single.gold_drop"] == saved["ensemble.clean.single.gold_drop.mean"]
+    # The primary endpoint: gold peak, each ensemble objective against the single RM, Holm over the family.
+    for condition, prefix in (("clean", ""), ("noisy", "noisy_")):
+        peaks = {objective: [json.loads((runs / setting / "seeds" / f"seed_{s}" / "metrics.json").read_text())["gold_peak"]
+                             for s in (0, 1)] for objective, setting in (("single", f"{prefix}beta0"), ("wco", f"{prefix}beta0_wco"))}
+        assert saved[f"ensemble.{condition}.wco.gold_peak.mean"] == pytest.approx(sum(peaks["wco"]) / 2)
+        key = f"ensemble.{condition}.wco.gold_peak_vs_single"
+        assert saved[f"{key}.diff"] == pytest.approx((sum(peaks["wco"]) - sum(peaks["single"])) / 2)
+        assert saved[f"{key}.p"] <= saved[f"{key}.p_holm"] <= 1 and isinstance(saved[f"{key}.robust"], bool)
+        assert f"power.ensemble.{condition}.wco.mde" in saved and f"power.ensemble.{condition}.wco.seeds_needed" in saved
+    # 2 ensemble comparisons, 1 β, 2 × 3 best-of-n objectives (paired over prompts)
+    assert saved["primary.family_size"] == 9
+    assert saved["overopt.rl.seeds"] == 2 and 0 <= saved["overopt.rl.seeds_overoptimised"] <= 2
+    for key in ("overopt.rl.per_seed_peak_in_range", "overopt.rl.r2_per_seed_min", "overopt.rl.r2_mean_curve"):
+        assert key in saved, key
     for beta in ("0", "0.1"):
         assert saved[f"beta.{beta}.gold_final.n"] == 2
         assert saved[f"beta.{beta}.gold_final.ci_low"] <= saved[f"beta.{beta}.gold_final.mean"]
     page = (out / "report.html").read_text()
     for heading in ("1. Over-optimisation", "2. Reward-model ensembles", "3. β ablation", "4. Training table",
-                    "5. Reward hacking", "6. Reward-model quality", "7. Optuna study", "Statistics.",
-                    "What the data support", "at the 5 % level", "importances are not shown: 3 complete trials"):
+                    "5. Reward hacking", "6. Reward-model quality", "7. Optuna study", "Design and statistics.",
+                    "<h2>Findings</h2>", "Holm p", "Primary family: 9 comparisons", "Seeds that over-optimised",
+                    "importances are not shown: 3 complete trials", "The best trial ("):
         assert heading in page, heading
     assert page.count("data:image/png;base64,") == 6 and "http" not in page.split("<body>")[1].split("Optuna")[0]
+    assert page.index("<h2>Findings</h2>") < page.index("Design and statistics")  # the answers come first
+    assert (Path(experiment_cfg.paths.best_of_n) / "bon_prompts.csv").is_file()
     for name in ("ppo_curves.csv", "best_of_n.csv", "beta_ablation.csv"):
         assert (out / "plots" / name).is_file()
 

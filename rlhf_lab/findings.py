@@ -1,0 +1,286 @@
+"""The experiment's declared design, applied to the report's frames: each run's endpoints, the primary
+family of comparisons with Holm's correction, the power each buys and whether one seed decides it.
+
+Declared before the data (the report states it in these words):
+
+- endpoints of a run (:func:`rlhf_lab.analysis.run_endpoints`): gold peak, KL at the peak, gold at
+  each distance of ``report.d_grid``, final gold at the run's budget, gold drop;
+- primary comparisons, one endpoint per question: gold peak of each ensemble objective against the
+  single RM of its condition (β = 0); final gold of each β > 0 against β = 0 (single RM, first
+  condition); best-of-n gold at the largest n of each objective against the single RM, per condition,
+  paired over prompts. Holm over the whole family; "supported" means p_holm < ``report.alpha``;
+- secondary endpoints (gold at the d grid, gold drop, KL at the peak) are estimates with intervals and
+  no verdict;
+- power: the difference each comparison detects with 80 % power at level α/m (Holm's strictest step,
+  so a lower bound on the corrected test's power) from the observed spread, and the seeds a
+  difference of the observed size would need;
+- robustness: the verdict is the same with any one seed left out (:func:`rlhf_lab.stats.leave_one_seed_out`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from rlhf_lab.analysis import run_endpoints
+from rlhf_lab.stats import (
+    bootstrap_mean_interval,
+    holm,
+    leave_one_seed_out,
+    minimum_detectable_difference,
+    permutation_p,
+    seeds_needed,
+    verdict,
+    welch_difference,
+)
+
+OBJECTIVES = ("mean", "wco", "uwo")  # the ensemble objectives, each against the single RM
+POWER = 0.8
+
+
+def add_endpoints(runs: pd.DataFrame, hist: pd.DataFrame, d_grid, min_drop: float) -> pd.DataFrame:
+    """``runs`` with each run's declared endpoints, computed from its evaluation history."""
+    rows = []
+    for run in runs["run"]:
+        h = hist[hist["run"] == run].sort_values("step")
+        rows.append(run_endpoints(h["kl"], h["gold"], h["proxy"], d_grid, min_drop))
+    ends = pd.DataFrame(rows, index=runs.index)
+    return runs.drop(columns=[c for c in ends if c in runs]).join(ends)
+
+
+def zero_beta(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[(runs["beta"] == 0) & ~runs["adaptive"]]
+
+
+def by_seed(frame: pd.DataFrame, column: str) -> dict[int, float]:
+    return {int(s): float(v) for s, v in zip(frame["seed"], frame[column])}
+
+
+def seed_comparisons(runs: pd.DataFrame, first: str) -> list[dict]:
+    """The primary comparisons over seeds: (key, question, condition, label, endpoint, a, b by seed)."""
+    out = []
+    zero = zero_beta(runs)
+    for condition, group in zero.groupby("condition", sort=False):
+        single = group[group["objective"] == "single"]
+        for objective in OBJECTIVES:
+            mine = group[group["objective"] == objective]
+            if mine.empty or single.empty:
+                continue
+            out.append({"key": f"ensemble.{condition}.{objective}", "question": "ensemble", "condition": condition,
+                        "objective": objective, "endpoint": "gold_peak",
+                        "a": by_seed(mine, "gold_peak"), "b": by_seed(single, "gold_peak")})  # fmt: skip
+    fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"] & (runs["condition"] == first)]
+    base = fixed[fixed["beta"] == 0]
+    for beta, group in fixed[fixed["beta"] > 0].groupby("beta"):
+        if not base.empty:
+            out.append({"key": f"beta.{beta:g}", "question": "beta", "condition": first, "beta": float(beta),
+                        "endpoint": "gold_final", "a": by_seed(group, "gold_final"), "b": by_seed(base, "gold_final")})  # fmt: skip
+    return out
+
+
+def bon_comparisons(bon_prompts: pd.DataFrame | None) -> list[dict]:
+    """Best-of-n at the largest n, each objective against the single RM: paired over prompts."""
+    out = []
+    if bon_prompts is None or bon_prompts.empty:
+        return out
+    for condition, group in bon_prompts.groupby("condition", sort=False):
+        single = group[group["objective"] == "single"].set_index("prompt")["gold"]
+        for objective in OBJECTIVES:
+            mine = group[group["objective"] == objective].set_index("prompt")["gold"]
+            if mine.empty:
+                continue
+            diffs = (mine - single.reindex(mine.index)).to_numpy()
+            ci = bootstrap_mean_interval(diffs)
+            out.append({"key": f"bon.{condition}.{objective}", "question": "bon", "condition": condition,
+                        "objective": objective, "endpoint": f"gold at n = {int(group['n'].iloc[0])}",
+                        "diff": ci.mean, "ci_low": ci.ci_low, "ci_high": ci.ci_high,
+                        "p": permutation_p(mine.to_numpy(), single.reindex(mine.index).to_numpy(), paired=True),
+                        "n_a": len(diffs), "n_b": len(diffs), "sd": float(np.std(diffs, ddof=1))})  # fmt: skip
+    return out
+
+
+def paired_mde(sd: float, n: int, alpha: float, power: float = POWER) -> float:
+    """The paired analogue of :func:`minimum_detectable_difference`: (t_{1−α/2} + t_power)·s/√n, n − 1 df."""
+    from scipy import stats
+
+    if n < 2:
+        return math.nan
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
+def primary_family(runs: pd.DataFrame, bon_prompts: pd.DataFrame | None, first: str, alpha: float) -> pd.DataFrame:
+    """One row per primary comparison: the difference [95 % CI], p, Holm's p over the family, the
+    verdict, whether it survives leaving any one seed out, and the power the design buys."""
+    over_seeds, over_prompts = seed_comparisons(runs, first), bon_comparisons(bon_prompts)
+    rows = []
+    for c in over_seeds:
+        d = welch_difference(list(c["a"].values()), list(c["b"].values()))
+        sd_a, sd_b = np.std(list(c["a"].values()), ddof=1), np.std(list(c["b"].values()), ddof=1)
+        rows.append({**{k: v for k, v in c.items() if k not in ("a", "b")}, "diff": d.diff, "ci_low": d.ci_low,
+                     "ci_high": d.ci_high, "p": d.p, "n_a": d.n_a, "n_b": d.n_b, "sd_a": sd_a, "sd_b": sd_b})  # fmt: skip
+    rows += over_prompts
+    family = pd.DataFrame(rows)
+    if family.empty:
+        return family
+    m = int(np.isfinite(family["p"]).sum())
+    family["p_holm"] = holm(family["p"])
+    family["verdict"] = [verdict(d, q, alpha) for d, q in zip(family["diff"], family["p_holm"])]
+    robust = leave_one_seed_out({c["key"]: (c["a"], c["b"]) for c in over_seeds},
+                                fixed={c["key"]: (c["diff"], c["p"]) for c in over_prompts}, alpha=alpha)  # fmt: skip
+    family["robust"] = family["key"].map(robust)
+    level = alpha / max(m, 1)  # Holm's strictest step: the power below is a lower bound
+    mde, needed = [], []
+    for _, row in family.iterrows():
+        if row["question"] == "bon":
+            mde.append(paired_mde(row["sd"], int(row["n_a"]), level))
+            needed.append(None)  # over prompts, not seeds
+        else:
+            mde.append(minimum_detectable_difference(row["sd_a"], int(row["n_a"]), row["sd_b"], int(row["n_b"]), level, POWER))
+            needed.append(seeds_needed(row["sd_a"], row["sd_b"], row["diff"], level, POWER))
+    family["mde"], family["seeds_needed"], family["family_size"], family["level"] = mde, needed, m, level
+    return family
+
+
+def overoptimisation_counts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: how many of its seeds over-optimised (gold fell from its peak while proxy rose)."""
+    return (runs.groupby(["setting", "condition", "objective", "beta"], sort=False)["overoptimised"]
+            .agg(seeds_overoptimised="sum", seeds="count").reset_index())  # fmt: skip
+
+
+def fmt_p(p: float) -> str:
+    return "—" if not np.isfinite(p) else (f"{p:.4f}" if p >= 1e-4 else "< 0.0001")
+
+
+def finding(row: pd.Series, alpha: float) -> str:
+    """One line of the findings: the estimate [CI], n, Holm p, the verdict in words and its robustness."""
+    names = {"mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted"}
+    if row["question"] == "ensemble":
+        what = f"{row['condition']}: does the {names[row['objective']]} objective reach more gold (peak) than the single RM?"
+    elif row["question"] == "beta":
+        what = f"does β = {row['beta']:g} end with more gold than β = 0?"
+    else:
+        what = f"{row['condition']}: does best-of-n by the {names[row['objective']]} objective pick more gold than by the single RM ({row['endpoint']})?"
+    answer = {"higher": "<b>yes</b>", "lower": "<b>no — it is worse</b> (a supported harm)",
+              "not supported": "not supported"}[row["verdict"]]  # fmt: skip
+    n = f"n = {row['n_a']} vs {row['n_b']} seeds" if row["question"] != "bon" else f"{row['n_a']} prompts, paired"
+    robust = "" if row["question"] == "bon" else (", robust to leaving any one seed out" if row["robust"]
+                                                  else ", <b>not robust</b>: one seed decides it")
+    return (f"{what} {answer}: {row['diff']:+.3f} [95 % CI {row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {n}, "
+            f"p = {fmt_p(row['p'])}, Holm p = {fmt_p(row['p_holm'])}{robust}; detectable at 80 % power: "
+            f"±{row['mde']:.3f}.")  # fmt: skip
+
+
+def family_metrics(family: pd.DataFrame) -> dict:
+    """metrics.json keys of the primary family: ``<key>_vs_…`` differences and ``power.<key>.*``."""
+    metrics = {}
+    for _, row in family.iterrows():
+        name = {"ensemble": f"{row['key']}.gold_peak_vs_single", "beta": f"{row['key']}.gold_final_vs_beta0",
+                "bon": f"{row['key']}.gold_max_n_vs_single"}[row["question"]]  # fmt: skip
+        metrics.update({f"{name}.{k}": row[k] for k in ("diff", "ci_low", "ci_high", "p", "p_holm")})
+        metrics[f"{name}.robust"] = bool(row["robust"])
+        metrics[f"{name}.verdict"] = row["verdict"]
+        metrics[f"power.{row['key']}.mde"] = row["mde"]
+        metrics[f"power.{row['key']}.seeds_needed"] = row["seeds_needed"]
+    if not family.empty:
+        metrics["primary.family_size"] = int(family["family_size"].iloc[0])
+        metrics["primary.supported"] = int((family["verdict"] != "not supported").sum())
+        metrics["primary.robust"] = int(family["robust"].sum())
+    return metrics
+
+
+def fmt_iv(values) -> str:
+    from rlhf_lab.comparisons import fmt_interval
+    from rlhf_lab.stats import t_interval
+
+    return fmt_interval(t_interval(values))
+
+
+def ensemble_table(runs: pd.DataFrame, family: pd.DataFrame, d_grid) -> pd.DataFrame:
+    """β = 0 runs by condition and objective: the primary endpoint (gold peak) with its test against the
+    single RM, then the secondary endpoints as estimates [95 % CI] (gold at each d, gold drop, KL at the peak)."""
+    rows = []
+    tests = family.set_index("key") if not family.empty else pd.DataFrame()
+    zero = zero_beta(runs)
+    for (condition, objective), group in zero.groupby(["condition", "objective"], sort=False):
+        single = zero[(zero["condition"] == condition) & (zero["objective"] == "single")]
+        row = {"condition": condition, "objective": objective, "n": len(group),
+               "over-optimised": f"{int(group['overoptimised'].sum())} of {len(group)}",
+               "gold peak [95 % CI]": fmt_iv(group["gold_peak"])}  # fmt: skip
+        key = f"ensemble.{condition}.{objective}"
+        if key in tests.index:
+            t = tests.loc[key]
+            row.update({"vs single [95 % CI]": f"{t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]",
+                        "p": fmt_p(t["p"]), "Holm p": fmt_p(t["p_holm"]), "verdict": t["verdict"],
+                        "robust": "yes" if t["robust"] else "no", "MDE (80 %)": round(float(t["mde"]), 3),
+                        "seeds needed": t["seeds_needed"] if t["seeds_needed"] is not None else "—"})  # fmt: skip
+        for d in d_grid:
+            column = f"gold_at_d{d:g}"
+            row[f"gold at d={d:g}"] = fmt_iv(group[column])
+            if objective != "single" and not single.empty:
+                diff = welch_difference(group[column], single[column])
+                row[f"Δ at d={d:g} (no verdict)"] = (f"{diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]"
+                                                     if np.isfinite(diff.ci_low) else "—")  # fmt: skip
+        row["gold drop"] = fmt_iv(group["gold_drop"])
+        row["KL at peak"] = fmt_iv(group["gold_peak_kl"])
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def seed_fit_table(rl: dict[str, dict]) -> pd.DataFrame:
+    """Each β = 0 single-RM seed's own RL fit; a peak beyond the distance the seed reached is said so,
+    not extrapolated."""
+    rows = []
+    for condition, fit in rl.items():
+        for i, own in enumerate(fit["per_seed"]):
+            peak = (f"{own['peak_kl']:.1f}" if own["peak_in_range"]
+                    else f"beyond the data (KL > {own['max_kl']:.1f} observed)")  # fmt: skip
+            rows.append({"condition": condition, "seed": i, "alpha": own["alpha"], "beta": own["beta"], "R²": own["r2"],
+                         "peak KL (nats)": peak})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def sweep_against_grid(trial_finals: list[float], best: dict, runs: pd.DataFrame, first: str, alpha: float) -> str:
+    """A sentence: the sweep's best trial against the β grid's best setting (final gold), with the
+    interval and n of each, and whether they can be told apart."""
+    fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"] & (runs["condition"] == first)]
+    if fixed.empty or not trial_finals:
+        return ""
+    means = fixed.groupby("beta")["gold_final"].mean()
+    grid_beta = float(means.idxmax())
+    grid = fixed[fixed["beta"] == grid_beta]["gold_final"]
+    text = (f"The best trial (β = {best['beta']:.3g}, ε = {best['clip_eps']:.3g}) ended at gold {fmt_iv(trial_finals)} "
+            f"(n = {len(trial_finals)}); the β grid's best setting (β = {grid_beta:g}, ε from params) at {fmt_iv(grid)} "
+            f"(n = {len(grid)}). ")  # fmt: skip
+    if len(trial_finals) < 2:
+        return text + "With one seed a trial has no interval: whether it beats the grid cannot be told."
+    diff = welch_difference(trial_finals, grid)
+    if np.isfinite(diff.p) and diff.p < alpha:
+        return text + (f"The difference, {diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] (Welch p = "
+                       f"{diff.p:.3f}, one comparison outside the primary family), is supported at {alpha:g}.")  # fmt: skip
+    return text + (f"They are indistinguishable: {diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}], "
+                   f"Welch p = {diff.p:.2f}. The sweep's other trials within noise of the best are as good a choice.")  # fmt: skip
+
+
+def replication(runs: pd.DataFrame, bon_prompts: pd.DataFrame | None, first: str, alpha: float,
+                seed_sets) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """Each primary comparison over seeds decided from each disjoint seed set alone (Holm within that
+    set's family), side by side: a verdict that differs between the sets is not a finding."""
+    per_set = [primary_family(runs[runs["seed"].isin(seeds)], bon_prompts, first, alpha) for seeds in seed_sets]
+    rows, metrics = [], {}
+    keys = [k for k in per_set[0]["key"] if not k.startswith("bon.")] if not per_set[0].empty else []
+    for key in keys:
+        row = {"comparison": key}
+        outcomes = []
+        for i, (seeds, family) in enumerate(zip(seed_sets, per_set)):
+            t = family.set_index("key").loc[key]
+            outcomes.append(t["verdict"])
+            row[f"seeds {min(seeds)}–{max(seeds)}"] = (f"{t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}], "
+                                                       f"Holm p {fmt_p(t['p_holm'])}: {t['verdict']}")  # fmt: skip
+            metrics[f"replication.{key}.set{i}.verdict"] = t["verdict"]
+            metrics[f"replication.{key}.set{i}.p_holm"] = t["p_holm"]
+        row["agree"] = "yes" if len(set(outcomes)) == 1 else "no"
+        metrics[f"replication.{key}.agree"] = len(set(outcomes)) == 1
+        rows.append(row)
+    return pd.DataFrame(rows), metrics
