@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup repro test bench mlflow-ui optuna-dashboard clean
+.PHONY: setup repro test plots bench mlflow-ui optuna-dashboard clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# DVC's plots page, offline: .dvc/config points `dvc plots show` at vendor/dvc_plots.html, which
+# carries Vega, Vega-Lite and vega-embed inline (scripts/vendor_vega.sh rebuilds it).
+plots: $(STAMP)
+	dvc plots show -o dvc_plots
 
 # PPO speed vs TRL 0.29.1 (TRL in its own environment, .venv-trl): our loop as it runs by default
 # (eager), then with ppo.compile (the same work, fused kernels); each run prints its JSON last.

@@ -1,7 +1,8 @@
 """Benchmark (not a test): the same PPO runs one after another vs side by side.
 
 Both sides run one PPO stage (``python -m pipelines.ppo``, a whole process, imports counted) of
-``--seeds`` seeds of the ``beta0`` setting for ``--iterations`` iterations, on the pipeline's own
+``--seeds`` seeds of the ``beta0`` setting as params.yaml runs it (its ``ppo.seeds``, ``ppo.iterations``
+cap and ``ppo.kl_budget``, unless ``--seeds``/``--iterations`` say otherwise), on the pipeline's own
 data, SFT policy and clean reward ensemble (run ``dvc repro reward@clean`` first):
 
 - sequential: ``runtime.parallel_runs: 1``, the seeds one after another, all cores each;
@@ -12,7 +13,7 @@ The two sides alternate ``--repeats`` times (this machine's speed drifts over mi
 figures are medians. The last line printed is JSON with ``sequential_runs_per_hour``,
 ``parallel_runs_per_hour`` and ``ratio`` (parallel / sequential), with every pair's times.
 
-usage: python benchmarks/grid_throughput.py [--seeds 3] [--iterations 30] [--repeats 3]
+usage: python benchmarks/grid_throughput.py [--seeds N] [--iterations N] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -45,11 +46,15 @@ def stage_seconds(params: dict, workdir: Path, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=None, help="default: the count of ppo.seeds")
+    parser.add_argument("--iterations", type=int, default=None, help="default: ppo.iterations")
     parser.add_argument("--repeats", type=int, default=3)
     a = parser.parse_args()
     base = yaml.safe_load(Path(a.params).read_text())
+    # The workload the pipeline runs: its own seeds and iteration cap (and KL budget), unless told otherwise.
+    seeds = base["ppo"]["seeds"]
+    a.seeds = a.seeds or (seeds if isinstance(seeds, int) else len(seeds))
+    a.iterations = a.iterations or base["ppo"]["iterations"]
     if not (ROOT / base["paths"]["reward"] / "clean" / "member_0").is_dir():
         sys.exit("error: no clean reward ensemble: run `dvc repro reward@clean` first")
     sides = {"sequential": {"parallel_runs": 1, "threads": 0}, "parallel": {"parallel_runs": 0, "threads": 0}}

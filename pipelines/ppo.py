@@ -115,6 +115,22 @@ class Evaluator:
         module.policy.train(was_training)
 
 
+def check_inputs(cfg: Config) -> tuple[list[str], list[str]]:
+    """The checks a run can fail on its inputs, made before it writes anything (a checkpoint folder,
+    an MLflow run), so that a refused run leaves no trace: the reward members, the prompts and the
+    batch size, and a separate value model's vocabulary. Returns (training prompts, evaluation prompts)."""
+    members = member_paths(cfg)
+    if cfg.ppo.value_model == "separate" and reward_inputs(load_tokenizer(cfg.paths.sft), members[0], 1) is not None:
+        raise ConfigError(f"ppo.value_model: separate copies reward member 0 ({members[0]}), whose tokenizer "
+                          "differs from the policy's, so it cannot read the policy's tokens; use shared")  # fmt: skip
+    data = Path(cfg.paths.data)
+    train_prompts = read_texts(data / "prompts_train.jsonl", "prompt")
+    if len(train_prompts) < cfg.ppo.batch_size:
+        raise UserError(f"ppo.batch_size: {cfg.ppo.batch_size} is larger than the number of training prompts "
+                        f"({len(train_prompts)} in {data / 'prompts_train.jsonl'})")  # fmt: skip
+    return train_prompts, read_texts(data / "prompts_eval.jsonl", "prompt")
+
+
 def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[PPOModule, object | None]:
     """The PPO module and, with ``model.lora``, the policy's peft wrapper (it saves the adapter)."""
     members = member_paths(cfg)
@@ -128,10 +144,7 @@ def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[PPOModule, obj
     rewards = [load_frozen_reward(p) for p in members]
     retokenize = reward_inputs(tokenizer, members[0], cfg.reward.max_length)
     value = None
-    if cfg.ppo.value_model == "separate":
-        if retokenize is not None:
-            raise ConfigError(f"ppo.value_model: separate copies reward member 0 ({members[0]}), whose tokenizer "
-                              "differs from the policy's, so it cannot read the policy's tokens; use shared")  # fmt: skip
+    if cfg.ppo.value_model == "separate":  # check_inputs made sure it reads the policy's tokens
         # Value model initialised from the reward model (Huang et al. 2024); head kept.
         value = load_frozen_reward(members[0]).train().requires_grad_(True)
     module = PPOModule(cfg.ppo, policy, ref, rewards, value, tokenizer.eos_token_id, tokenizer.pad_token_id,
@@ -163,11 +176,10 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     name, seed = cfg.ppo.run_name, cfg.ppo.seed
     apply_runtime(cfg.runtime, seed_offset=seed)
     tokenizer = load_tokenizer(cfg.paths.sft)
-    data = Path(cfg.paths.data)
-    train_prompts = read_texts(data / "prompts_train.jsonl", "prompt")
-    if len(train_prompts) < cfg.ppo.batch_size:
-        raise UserError(f"ppo.batch_size: {cfg.ppo.batch_size} is larger than the number of training prompts")
-    eval_prompts = read_texts(data / "prompts_eval.jsonl", "prompt")
+    train_prompts, eval_prompts = check_inputs(cfg)
+    # Everything that can refuse (the models too) comes before the first file or MLflow run is made.
+    evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger=None)
+    module, adapter = build_module(cfg, tokenizer, evaluator)
 
     ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name / f"seed_{seed}"
     resume = resumable_checkpoint(ckpt_dir, _config_text(cfg))
@@ -176,8 +188,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     run_tags = {"ppo_run": name, "seed": str(seed), "reward_condition": Path(cfg.paths.reward).name, **(tags or {})}
     logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}-seed{seed}", tags=run_tags, run_id=run_id)
     run_id_file.write_text(logger.run_id + "\n")
-    evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger)
-    module, adapter = build_module(cfg, tokenizer, evaluator)
+    evaluator.logger = logger
     module.use_prompts(*left_pad(tokenizer, train_prompts), seed=cfg.runtime.seed + seed)
 
     steps = optimizer_steps_per_iteration(cfg.ppo)
@@ -191,7 +202,8 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     # The batches are the module's prompt schedule; the loader only counts the iterations.
     iterations = DataLoader(TensorDataset(torch.arange(cfg.ppo.iterations)), batch_size=1,
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
-    trainer.fit(module, iterations, ckpt_path=str(resume) if resume else None)
+    # weights_only: resuming unpickles tensors, containers and numbers only (unreadable_checkpoint probed it so).
+    trainer.fit(module, iterations, ckpt_path=str(resume) if resume else None, weights_only=True)
     evaluator(module, iteration_of(module))  # the final evaluation (done already if the KL budget stopped it)
     metrics = summary(module.history)
     if not trainer.is_global_zero:
@@ -257,6 +269,7 @@ def run(cfg: Config, run_name: str | None = None) -> dict:
         cfg = cfg.ppo_run(run_name)
     cfg = cfg.for_condition()
     name, seeds = cfg.ppo.run_name, cfg.ppo.seeds
+    check_inputs(cfg)  # refuse before any folder, worker or MLflow run exists
     preload_tracking()
     workers = parallel.plan(cfg.runtime, len(seeds))
     runtime = {"threads": workers.threads}

@@ -142,14 +142,17 @@ def mean_curve(runs: list[tuple[np.ndarray, np.ndarray]], step: float = 0.25) ->
     return grid[keep], mean[keep], count[keep]
 
 
-def rl_fits(runs: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict:
-    """The RL form fitted three ways to β = 0 runs' (d, gold gain) curves: pooled over seeds (with the
-    bootstrap over seeds of :func:`fit_gao_over_seeds`), to the mean curve on a common d grid, and to
-    each seed alone, with whether each seed's fitted peak lies inside the distance it reached."""
-    fit = fit_gao_over_seeds(runs, "rl", seed=seed)
-    grid, mean, _ = mean_curve(runs)
+def rl_fits(runs: dict[int, tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict:
+    """The RL form fitted three ways to β = 0 runs' (d, gold gain) curves, given by seed id: pooled over
+    seeds (with the bootstrap over seeds of :func:`fit_gao_over_seeds`), to the mean curve on a common
+    d grid, and to each seed alone, with whether each seed's fitted peak lies inside the distance it
+    reached."""
+    curves = list(runs.values())
+    fit = fit_gao_over_seeds(curves, "rl", seed=seed)
+    grid, mean, _ = mean_curve(curves)
     fit["mean_curve"] = fit_gao(grid, mean, "rl") if len(grid) >= 3 else None
-    for own, (d, _) in zip(fit["per_seed"], runs):
+    for own, run_seed, (d, _) in zip(fit["per_seed"], runs, curves):
+        own["seed"] = int(run_seed)
         own["max_kl"] = float(np.nanmax(d) ** 2)
         own["peak_in_range"] = bool(math.isfinite(own["peak_d"]) and own["peak_d"] <= np.nanmax(d))
     return fit

@@ -20,11 +20,13 @@ from rlhf_lab.stats import Difference, Interval, t_interval, welch_difference
 OBJECTIVE_NAMES = {"single": "single RM", "mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted"}
 
 
-def seed_band(hist: pd.DataFrame, y: str, x: str = "d") -> pd.DataFrame:
-    """Per setting and shared evaluation step: mean x, and mean y with its 95 % t interval over seeds."""
+def seed_band(hist: pd.DataFrame, y: str, x: str = "d", interval=t_interval) -> pd.DataFrame:
+    """Per setting and shared evaluation step: mean x, and mean y with its 95 % interval over seeds
+    (Student t; pass :func:`rlhf_lab.stats.bootstrap_mean_interval` for a quantity that cannot be
+    negative, such as KL, whose t band would reach below 0)."""
     rows = []
     for (setting, step), group in hist.groupby(["setting", "step"], sort=True):
-        band = t_interval(group[y])
+        band = interval(group[y])
         rows.append({"setting": setting, "step": step, x: group[x].mean(), y: band.mean, "low": band.ci_low,
                      "high": band.ci_high, "n": band.n})  # fmt: skip
     return pd.DataFrame(rows)

@@ -110,7 +110,17 @@ def load(value: str | dict | DatasetRef):
             if path.suffix in FILE_BUILDERS:
                 if not path.is_file():
                     raise DataError(f"{path}: file not found")
-                return datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+                if path.stat().st_size < 1 << 16 and not path.read_bytes().strip():
+                    raise DataError(f"{path}: the file is empty (no rows)")  # the builders say only StopIteration
+                try:
+                    loaded = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+                except ValueError as err:  # a header and nothing under it
+                    if "corresponds to no data" not in str(err):
+                        raise
+                    loaded = []
+                if len(loaded) == 0:
+                    raise DataError(f"{path}: no rows (only a header?)")
+                return loaded
             if path.suffix or path.exists() or ref.path.startswith((".", "/")):
                 known = ", ".join(FILE_BUILDERS)
                 raise DataError(f"{ref.path}: not a dataset file ({known}), a save_to_disk folder or a hub name")

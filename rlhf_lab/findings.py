@@ -19,19 +19,21 @@ Declared before the data (the report states it in these words):
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis import run_endpoints
+from rlhf_lab.analysis import fit_gao, rl_fits, run_endpoints
+from rlhf_lab.comparisons import fmt_interval
 from rlhf_lab.stats import (
     bootstrap_mean_interval,
     holm,
     leave_one_seed_out,
     minimum_detectable_difference,
+    paired_mde,
     permutation_p,
     seeds_needed,
+    t_interval,
     verdict,
     welch_difference,
 )
@@ -101,15 +103,6 @@ def bon_comparisons(bon_prompts: pd.DataFrame | None) -> list[dict]:
     return out
 
 
-def paired_mde(sd: float, n: int, alpha: float, power: float = POWER) -> float:
-    """The paired analogue of :func:`minimum_detectable_difference`: (t_{1−α/2} + t_power)·s/√n, n − 1 df."""
-    from scipy import stats
-
-    if n < 2:
-        return math.nan
-    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
-
-
 def primary_family(runs: pd.DataFrame, bon_prompts: pd.DataFrame | None, first: str, alpha: float) -> pd.DataFrame:
     """One row per primary comparison: the difference [95 % CI], p, Holm's p over the family, the
     verdict, whether it survives leaving any one seed out, and the power the design buys."""
@@ -134,13 +127,32 @@ def primary_family(runs: pd.DataFrame, bon_prompts: pd.DataFrame | None, first: 
     mde, needed = [], []
     for _, row in family.iterrows():
         if row["question"] == "bon":
-            mde.append(paired_mde(row["sd"], int(row["n_a"]), level))
+            mde.append(paired_mde(row["sd"], int(row["n_a"]), level, POWER))
             needed.append(None)  # over prompts, not seeds
         else:
             mde.append(minimum_detectable_difference(row["sd_a"], int(row["n_a"]), row["sd_b"], int(row["n_b"]), level, POWER))
             needed.append(seeds_needed(row["sd_a"], row["sd_b"], row["diff"], level, POWER))
     family["mde"], family["seeds_needed"], family["family_size"], family["level"] = mde, needed, m, level
     return family
+
+
+def bon_single(bon: pd.DataFrame, condition: str) -> pd.DataFrame:
+    """Best-of-n by the single RM in one condition, with d = √KL (exact) and the gold gain over n = 1."""
+    single = bon[(bon["objective"] == "single") & (bon["condition"] == condition)].copy()
+    single["d"] = np.sqrt(single["kl_exact"])
+    single["gold_gain"] = single["gold"] - single["gold"].iloc[0]
+    return single
+
+
+def overoptimisation_fits(hist: pd.DataFrame, bon: pd.DataFrame, first: str) -> tuple[dict, dict]:
+    """Gao's RL form fitted to the β = 0 single-RM runs of each condition that has them (by condition;
+    :func:`rlhf_lab.analysis.rl_fits`), and the best-of-n form to the first condition's single RM."""
+    zero_single = hist[(hist["objective"] == "single") & (hist["beta"] == 0) & ~hist["adaptive"]]
+    rl = {condition: rl_fits({int(g["seed"].iloc[0]): (g["d"].to_numpy(), g["gold_gain"].to_numpy())
+                              for _, g in group.groupby("run")})
+          for condition, group in zero_single.groupby("condition", sort=False)}  # fmt: skip
+    single = bon_single(bon, first)
+    return rl, fit_gao(single["d"], single["gold_gain"], "bon")
 
 
 def overoptimisation_counts(runs: pd.DataFrame) -> pd.DataFrame:
@@ -191,9 +203,7 @@ def family_metrics(family: pd.DataFrame) -> dict:
 
 
 def fmt_iv(values) -> str:
-    from rlhf_lab.comparisons import fmt_interval
-    from rlhf_lab.stats import t_interval
-
+    """Seeds' values as mean [95 % t interval]."""
     return fmt_interval(t_interval(values))
 
 
@@ -233,10 +243,10 @@ def seed_fit_table(rl: dict[str, dict]) -> pd.DataFrame:
     not extrapolated."""
     rows = []
     for condition, fit in rl.items():
-        for i, own in enumerate(fit["per_seed"]):
+        for own in fit["per_seed"]:
             peak = (f"{own['peak_kl']:.1f}" if own["peak_in_range"]
                     else f"beyond the data (KL > {own['max_kl']:.1f} observed)")  # fmt: skip
-            rows.append({"condition": condition, "seed": i, "alpha": own["alpha"], "beta": own["beta"], "R²": own["r2"],
+            rows.append({"condition": condition, "seed": own["seed"], "alpha": own["alpha"], "beta": own["beta"], "R²": own["r2"],
                          "peak KL (nats)": peak})  # fmt: skip
     return pd.DataFrame(rows)
 

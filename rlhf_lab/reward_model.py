@@ -54,7 +54,7 @@ def member_paths(cfg: Config) -> list[Path]:
     root = Path(cfg.paths.reward)
     paths = sorted(root.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
     if not paths:
-        raise UserError(f"{root}: no reward model members (run the reward stage first)")
+        raise UserError(f"{root}: no reward model members; `dvc repro reward@{root.name}` trains them")
     if cfg.ppo.members and cfg.ppo.members > len(paths):
         raise UserError(f"ppo.members: {cfg.ppo.members} requested, but {root} has {len(paths)} trained "
                         f"members (reward.members)")  # fmt: skip

@@ -294,14 +294,17 @@ def stage_main(run: Callable[..., dict], description: str, options: dict[str, st
     # A stage stopped from outside (Ctrl-C, SIGTERM) closes its runs and ends within a grace period.
     signal.signal(signal.SIGTERM, _stop_within_grace)
     signal.signal(signal.SIGINT, _stop_within_grace)
+    cfg = None
     try:
         cfg = config_lib.load(params)
         preflight.check(cfg, services)
         if args.get("storage"):
             preflight.check_storage(args["storage"], "--storage")
         metrics = run(cfg, **args)
-    except UserError as err:
+    except (UserError, FileNotFoundError) as err:
         close_open_runs("FAILED")
+        if isinstance(err, FileNotFoundError):  # an input a stage run by hand needs, before its maker ran
+            err = missing_input(cfg, err.filename) if cfg is not None and err.filename else err
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into exit(1)
@@ -314,6 +317,27 @@ def stage_main(run: Callable[..., dict], description: str, options: dict[str, st
         close_open_runs("FAILED")
         raise
     print(summary(metrics))
+
+
+def maker_of(cfg: Config, path: Path | str) -> str | None:
+    """The DVC stage that writes ``path`` (``sweep``, ``reward@noisy``, ``ppo@beta0``…), from the
+    ``paths`` key it lies under; None outside them."""
+    path = Path(path).resolve()
+    per_item = {"preferences", "reward", "ppo"}  # foreach stages: one folder per condition or setting
+    for key in ("data", "sft", "preferences", "reward", "ppo", "best_of_n", "sweep", "report"):
+        root = Path(getattr(cfg.paths, key)).resolve()
+        if path == root or root in path.parents:
+            rest = path.relative_to(root).parts
+            if key in per_item:
+                return f"{key}@{rest[0]}" if rest and not rest[0].startswith(".") else key
+            return key
+    return None
+
+
+def missing_input(cfg: Config, filename: str) -> UserError:
+    """One line for a missing input: what is missing and the command that makes it."""
+    stage = maker_of(cfg, filename)
+    return UserError(f"{filename}: not found" + (f"; `dvc repro {stage}` makes it" if stage else ""))
 
 
 # A graceful stop that has not ended in this many seconds ends the process outright: an interrupt
@@ -367,11 +391,13 @@ def checkpoint_callback(path: Path, every: int, last: int, steps_per_unit: int =
 
 
 def unreadable_checkpoint(path: Path) -> str | None:
-    """Why ``path`` cannot be resumed from (cut short, not a checkpoint), or None if it loads."""
+    """Why ``path`` cannot be resumed from (cut short, not a checkpoint, or carrying pickled objects
+    beyond tensors, containers and numbers), or None if it loads. A checkpoint can come from
+    elsewhere (a shared run folder): ``weights_only`` never runs the code a pickle carries."""
     import torch
 
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
+        torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
         return str(err).splitlines()[0] if str(err) else type(err).__name__
     return None

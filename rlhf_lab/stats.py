@@ -188,6 +188,14 @@ def minimum_detectable_difference(sd_a: float, n_a: int, sd_b: float, n_b: int, 
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
 
 
+def paired_mde(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The paired analogue of :func:`minimum_detectable_difference` (n pairs whose differences have
+    spread ``sd``): (t_{1−α/2, n−1} + t_{power, n−1}) · s/√n."""
+    if n < 2:
+        return math.nan
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
 def seeds_needed(sd_a: float, sd_b: float, difference: float, alpha: float = 0.05, power: float = 0.8,
                  most: int = 10_000) -> int | None:  # fmt: skip
     """Seeds per side (equal on both) for :func:`minimum_detectable_difference` to reach |difference|

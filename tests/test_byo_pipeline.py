@@ -169,7 +169,7 @@ def test_without_gold_every_stage_runs_and_the_report_says_so(no_gold_pipeline):
 
 
 def test_a_value_model_that_cannot_read_the_policy_tokens_is_refused(gold_model_pipeline):
-    from pipelines.ppo import build_module
+    from pipelines.ppo import check_inputs
     from rlhf_lab.config import ConfigError
     from rlhf_lab.models import load_tokenizer
     from rlhf_lab.reward_model import same_vocabulary
@@ -179,4 +179,4 @@ def test_a_value_model_that_cannot_read_the_policy_tokens_is_refused(gold_model_
     member = Path(cfg.for_condition().paths.reward) / "member_0"
     assert not same_vocabulary(policy_tokenizer, load_tokenizer(member))  # the RMs did read re-encoded text
     with pytest.raises(ConfigError, match=r"ppo.value_model: separate copies reward member 0 .* use shared"):
-        build_module(cfg.for_condition().replace(ppo={"value_model": "separate"}), policy_tokenizer)
+        check_inputs(cfg.for_condition().replace(ppo={"value_model": "separate"}))

@@ -126,3 +126,12 @@ def test_join_text_adds_one_space_only_where_none_is():
     assert join_text("This movie", " was fun") == "This movie was fun"  # BPE responses carry their space
     assert join_text("<|assistant|> ", "fine") == "<|assistant|> fine"
     assert join_text("", "text") == "text"
+
+
+def test_a_file_without_rows_says_so(tmp_path):
+    (tmp_path / "prefs.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"prefs.jsonl: the file is empty \(no rows\)$"):
+        Rows(str(tmp_path / "prefs.jsonl"))
+    (tmp_path / "pairs.csv").write_text("prompt,chosen,rejected\n")
+    with pytest.raises(DataError, match=r"pairs.csv: no rows \(only a header\?\)$"):
+        Rows(str(tmp_path / "pairs.csv"))

@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_lab.analysis import run_endpoints, values_on_d_grid
+from rlhf_lab.analysis import gao_rl, rl_fits, run_endpoints, values_on_d_grid
 from rlhf_lab.stats import (
     holm,
     leave_one_seed_out,
     minimum_detectable_difference,
+    paired_mde,
     seeds_needed,
     verdict,
     welch_difference,
@@ -38,6 +39,23 @@ def test_minimum_detectable_difference_matches_the_hand_formula():
     # t_{0.975,18} = 2.100922, t_{0.8,18} = 0.862049 → 2.962971 · 0.4472136 = 1.325081
     assert minimum_detectable_difference(1.0, 10, 1.0, 10) == pytest.approx(1.325081, abs=1e-5)
     assert math.isnan(minimum_detectable_difference(1.0, 1, 1.0, 10))
+
+
+def test_paired_mde_matches_the_hand_formula():
+    # 10 pairs, s = 1, df 9: (t_{0.975,9} 2.262157 + t_{0.8,9} 0.883404) / √10 = 0.994714
+    assert paired_mde(1.0, 10) == pytest.approx(0.994714, abs=1e-5)
+    assert math.isnan(paired_mde(1.0, 1))
+
+
+def test_rl_fits_name_each_seed_and_say_whether_its_peak_is_inside_its_data():
+    d = np.linspace(0, 6, 25)
+    turns = gao_rl(d, 1.0, 0.5)  # peak at d* = e^(1/0.5 − 1) = e ≈ 2.72 < 6: inside
+    rises = gao_rl(d, 1.0, 0.1)  # peak at e^9 ≫ 6: beyond the data
+    fits = rl_fits({7: (d, turns), 3: (d, rises), 11: (d, turns + 0.01)})
+    assert [own["seed"] for own in fits["per_seed"]] == [7, 3, 11]
+    assert [own["peak_in_range"] for own in fits["per_seed"]] == [True, False, True]
+    assert fits["per_seed"][0]["peak_d"] == pytest.approx(math.e, rel=1e-6)
+    assert fits["mean_curve"]["r2"] > 0.99
 
 
 def test_seeds_needed_is_the_first_n_whose_detectable_difference_reaches_the_effect():

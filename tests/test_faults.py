@@ -69,12 +69,31 @@ def test_an_accelerator_this_machine_lacks_is_one_line(tiny_cfg, tmp_path):
     assert one_line(done).startswith("error: runtime: ")
 
 
-def test_more_members_than_were_trained_is_one_line(tiny_cfg, tmp_path, reward_stage):
-    from pipelines import ppo
-    from rlhf_lab.config import UserError
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
-    with pytest.raises(UserError, match=r"ppo.members: 9 requested, but .*clean has 2 trained members"):
-        ppo.train(tiny_cfg.replace(ppo={"members": 9}).for_condition(), tmp_path / "out")
+
+def mlflow_runs_table(tracking_uri: str) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(tracking_uri.removeprefix("sqlite:///")) as db:
+        return db.execute("SELECT run_uuid, name, status, end_time FROM runs ORDER BY run_uuid").fetchall()
+
+
+def test_a_refused_stage_writes_nothing(tiny_cfg, tmp_path, reward_stage):
+    """More members than were trained: one line, before any checkpoint folder or MLflow run is made;
+    the outputs already there and the MLflow runs table stay byte for byte as they were."""
+    out = tmp_path / "ppo"
+    (out / "default").mkdir(parents=True)
+    (out / "default" / "metrics.json").write_text('{"kept": true}\n')  # a user's earlier results
+    cfg = tiny_cfg.replace(ppo={"members": 9}, paths={"ppo": str(out)})
+    config_lib.save(cfg, tmp_path / "params.yaml")
+    files, runs = snapshot(tmp_path), mlflow_runs_table(cfg.tracking.tracking_uri)
+    done, _ = run_stage(cfg, tmp_path, "ppo")  # the ppo section itself, run name "default"
+    assert one_line(done) == (f"error: ppo.members: 9 requested, but {cfg.paths.reward}/clean has 2 trained "
+                              "members (reward.members)")  # fmt: skip
+    assert snapshot(tmp_path) == files
+    assert mlflow_runs_table(cfg.tracking.tracking_uri) == runs
 
 
 def test_a_stage_stopped_from_outside_marks_its_runs_killed(tiny_cfg, tmp_path, data_stage):
@@ -130,3 +149,29 @@ def test_the_console_drops_known_benign_lines_and_keeps_real_warnings(caplog):
         warnings.warn("Found 34 module(s) in eval mode at the start of training. This may lead to ...", UserWarning)
         warnings.warn("The learning rate is NaN", UserWarning)
     assert [str(w.message) for w in seen] == ["The learning rate is NaN"]
+
+
+class _Payload:
+    """A pickled object that would leave a mark if unpickling ran its code."""
+
+    def __init__(self, mark: Path):
+        self.mark = mark
+
+    def __reduce__(self):
+        return (Path.write_text, (self.mark, "the checkpoint's code ran"))
+
+
+def test_a_checkpoint_that_carries_code_is_not_run_and_the_run_starts_over(tmp_path, capsys):
+    import torch
+
+    from pipelines.ppo import resumable_checkpoint
+
+    ckpt_dir, mark = tmp_path / "ckpt", tmp_path / "ran"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "config.yaml").write_text("same config")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "extra": _Payload(mark)}, ckpt_dir / "last.ckpt")
+    assert resumable_checkpoint(ckpt_dir, "same config") is None  # not resumed from
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {ckpt_dir / 'last.ckpt'} cannot be read (")
+    assert lines[0].endswith("); this run starts over")
+    assert not mark.exists() and not (ckpt_dir / "last.ckpt").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,48 @@ def test_report_stage(experiment_cfg, experiment):
     assert (Path(experiment_cfg.paths.best_of_n) / "bon_prompts.csv").is_file()
     for name in ("ppo_curves.csv", "best_of_n.csv", "beta_ablation.csv"):
         assert (out / "plots" / name).is_file()
+
+
+def test_a_report_over_a_partial_grid_renders_what_exists_and_says_what_it_skipped(tmp_path, experiment_cfg, experiment):
+    """Only a β = 0.1 setting, no sweep, report.default_run/hacking_run naming settings that are not
+    there: each section renders from what exists and says what it skipped and why."""
+    from pipelines import report
+
+    shutil.copytree(Path(experiment_cfg.paths.ppo) / "beta01", tmp_path / "ppo" / "beta01")
+    cfg = experiment_cfg.replace(paths={"ppo": str(tmp_path / "ppo"), "sweep": str(tmp_path / "no_sweep"),
+                                        "report": str(tmp_path / "report")},
+                                 report={"default_run": "beta005", "hacking_run": "beta0"})  # fmt: skip
+    metrics = report.run(cfg)
+    page = (tmp_path / "report" / "report.html").read_text()
+    for note in ("No β = 0 run with the single RM: the RL over-optimisation fit is skipped.",
+                 "No β = 0 runs: the ensemble comparison is skipped.",
+                 f"No sweep results ({tmp_path / 'no_sweep' / 'trials.csv'}): `dvc repro sweep` makes them.",
+                 "report.default_run: beta005 is not among the runs; shown instead: beta01.",
+                 "report.hacking_run: beta0 is not among the runs; shown instead: beta01."):
+        assert note in page, note
+    assert metrics["beta.0.1.gold_final.n"] == 2 and "overopt.rl.alpha" not in metrics
+
+
+def test_a_stage_run_before_its_inputs_exist_names_the_command_that_makes_them(tmp_path, experiment_cfg, experiment):
+    cfg = experiment_cfg.replace(paths={"best_of_n": str(tmp_path / "bon"), "report": str(tmp_path / "report")})
+    params = tmp_path / "params.yaml"
+    config_lib.save(cfg, params)
+    done = subprocess.run([sys.executable, "-m", "pipelines.report", "--params", str(params)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip() == f"error: {tmp_path / 'bon' / 'bon.csv'}: not found; `dvc repro best_of_n` makes it"
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_stage_that_makes_a_path_is_named_from_the_paths_keys(experiment_cfg):
+    from rlhf_lab.stage import maker_of
+
+    paths = experiment_cfg.paths
+    assert maker_of(experiment_cfg, Path(paths.sweep) / "trials.csv") == "sweep"
+    assert maker_of(experiment_cfg, Path(paths.reward) / "noisy" / "member_0" / "config.json") == "reward@noisy"
+    assert maker_of(experiment_cfg, Path(paths.ppo) / "beta0" / "metrics.json") == "ppo@beta0"
+    assert maker_of(experiment_cfg, Path(paths.data) / "prompts_eval.jsonl") == "data"
+    assert maker_of(experiment_cfg, "/elsewhere/file.csv") is None
 
 
 @pytest.mark.skipif(not os.environ.get("RLHF_LAB_TEST_POSTGRES_URL"),

@@ -1,0 +1,198 @@
+"""The report's HTML: tables, the methods text, the findings list and the page around them."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rlhf_lab.analysis import fit_gao
+from rlhf_lab.config import Config
+from rlhf_lab.data import read_jsonl
+from rlhf_lab.findings import finding, seed_fit_table, sweep_against_grid
+from rlhf_lab.gold import gold_kind
+
+
+def training_table(hist: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """Step | Reward | KL | Combined | Gold of one setting, each the mean over its seeds."""
+    h = hist[hist["setting"] == setting].assign(combined=lambda f: f["proxy"] - f["beta"] * f["kl"])
+    mean = h.groupby("step")[["proxy", "kl", "combined", "gold"]].mean().reset_index()
+    return pd.DataFrame({"Step": mean["step"], "Reward": mean["proxy"], "KL": mean["kl"],
+                         "Combined": mean["combined"], "Gold": mean["gold"]}).round(3)  # fmt: skip
+
+def hacking_table(runs: pd.DataFrame, hacking: str, best: str, n: int) -> pd.DataFrame:
+    """Samples at step 0 and at the end of the hacking setting's first seed, and of the best setting."""
+    first_seed = lambda setting: Path(runs[runs["setting"] == setting].sort_values("seed")["path"].iloc[0])  # noqa: E731
+    rows, best_rows = (read_jsonl(first_seed(name) / "samples.jsonl") for name in (hacking, best))
+    last, best_last = max(r["step"] for r in rows), max(r["step"] for r in best_rows)
+    out = []
+    for label, source, step in (("SFT (step 0)", rows, 0), (f"{hacking}, step {last}", rows, last),
+                                (f"{best} (best final gold), step {best_last}", best_rows, best_last)):  # fmt: skip
+        for r in [r for r in source if r["step"] == step][:n]:
+            out.append({"policy": label, "prompt": r["prompt"], "response": r["response"],
+                        "proxy": r["proxy"], "gold": r["gold"]})  # fmt: skip
+    return pd.DataFrame(out)
+
+# Below this many complete trials fANOVA importances of two parameters are noise: not shown.
+MIN_TRIALS_FOR_IMPORTANCE = 10
+
+def importances(sweep_dir: Path, storage: str | None, study_name: str) -> tuple[pd.DataFrame | None, str]:
+    """(parameter importances or None, a sentence saying what was computed and on how many trials)."""
+    import optuna
+
+    url = storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    try:
+        study = optuna.load_study(study_name=study_name, storage=url)
+        complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if complete < MIN_TRIALS_FOR_IMPORTANCE:
+            return None, (f"Parameter importances are not shown: {complete} complete trials, fewer than the "
+                          f"{MIN_TRIALS_FOR_IMPORTANCE} they need to mean something.")  # fmt: skip
+        values = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError, KeyError) as err:  # multi-objective...
+        return None, f"Parameter importances not computed: {err}"
+    frame = pd.DataFrame([{"parameter": k, "importance": round(v, 2)} for k, v in values.items()])
+    return frame, f"Parameter importances (fANOVA) over {complete} complete trials."
+
+def rounded_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials table at meaningful precision: parameters to 3 significant digits, scores to 3 decimals."""
+    frame = trials.drop(columns=[c for c in trials if c.startswith(("datetime", "duration", "system"))])
+    for column in [c for c in frame if c.startswith("params_")]:
+        frame[column] = frame[column].map(lambda x: float(f"{x:.3g}") if pd.notna(x) else x)
+    return frame
+
+def embed(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+
+def table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, classes="t", escape=False)
+
+def fmt_fit(fit: dict) -> str:
+    text = (f"α = {fit['alpha']:.3f} ± {fit['alpha_se']:.3f}, β = {fit['beta']:.3f} ± {fit['beta_se']:.3f} (± fit s.e.), "
+            f"R² = {fit['r2']:.3f} ({fit['points']} points)")  # fmt: skip
+    if "alpha_ci" in fit:
+        text += (f"; 95 % bootstrap CI over {fit['n_seeds']} seeds: α [{fit['alpha_ci'][0]:.3f}, {fit['alpha_ci'][1]:.3f}],"
+                 f" β [{fit['beta_ci'][0]:.3f}, {fit['beta_ci'][1]:.3f}]")  # fmt: skip
+    return text + f"; predicted peak at KL = {fit['peak_kl']:.2f} nats (gain {fit['peak_gain']:+.3f})"
+
+METHODS = (
+    "<p><b>Design and statistics.</b> Each setting runs under several seeds (the policy's sampling and the prompt "
+    "order). A run stops at its first evaluation whose KL to SFT reaches <code>ppo.kl_budget</code>, or at the "
+    "iteration cap, so that every objective gets the same distance budget. The endpoints were declared before the "
+    "data: per run, the gold peak, the KL at the peak, gold where the run first reaches each distance of "
+    "<code>report.d_grid</code> (d = √KL, interpolated between evaluations), the final gold at the budget and the "
+    "gold drop (peak − final). The primary family has one endpoint per question: the gold peak of each ensemble "
+    "objective against the single RM of its condition; the final gold of each β against β = 0; best-of-n gold at "
+    "the largest n of each objective against the single RM, per condition, paired over prompts (95 % bootstrap "
+    "interval over prompts, sign-flip permutation p). Over seeds, differences are Welch's t (unequal variances; "
+    "interval and two-sided p; seeds are independent runs). Holm's step-down correction over the whole primary "
+    "family keeps the family-wise error at <code>report.alpha</code>; \"supported\" means after it, and a "
+    "supported negative difference is reported as a harm. Secondary endpoints are shown as estimates with "
+    "intervals and no verdict. Power: the difference each comparison detects with 80 % power at Holm's strictest "
+    "level α/m (a lower bound on the corrected test's power), from the observed spread; seeds needed: per side, "
+    "for a difference of the observed size at that level. Robust: the verdict is unchanged with any one seed "
+    "left out of every setting (Holm recomputed each time). Curves against d are each seed's curve interpolated "
+    "on a common d grid and averaged where at least two seeds reach that d (95 % t band; with five seeds or fewer "
+    "each seed is drawn thin); step-aligned curves (training) average the seeds at shared steps. Gao et al. fits "
+    "pool the seeds' points, with a percentile bootstrap over seeds for α and β.</p>"
+)
+
+def findings_section(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.DataFrame, bon: pd.DataFrame,
+                     cfg: Config) -> str:  # fmt: skip
+    """The answers first: one line per primary question, each with its estimate [CI], n, Holm p and robustness."""
+    r = cfg.report
+    lines = []
+    single = counts[(counts["objective"] == "single") & (counts["beta"] == 0)]
+    over = "; ".join(f"{row['condition']}: {int(row['seeds_overoptimised'])} of {int(row['seeds'])} seeds"
+                     for _, row in single.iterrows())  # fmt: skip
+    fits = "; ".join(f"{c}: pooled R² = {f['r2']:.3f}" + (f", mean curve R² = {f['mean_curve']['r2']:.3f}"
+                                                           if f["mean_curve"] else "")
+                     + f", median seed R² = {np.median([s['r2'] for s in f['per_seed']]):.2f}" for c, f in rl.items())  # fmt: skip
+    lines.append(f"Does the single RM over-optimise at β = 0 (gold falls ≥ {r.overopt_drop:g} from its peak while the "
+                 f"proxy rises)? {over}. Gao's RL form d(α − β log d): {fits}." if rl else
+                 "No β = 0 run with the single RM: whether it over-optimises is not asked of this grid.")  # fmt: skip
+    for question in ("beta", "ensemble", "bon"):
+        lines += [finding(row, r.alpha) for _, row in family[family["question"] == question].iterrows()
+                  ] if not family.empty else []
+    for condition, group in bon[bon["objective"] == "single"].groupby("condition", sort=False):
+        fit = fit_gao(np.sqrt(group["kl_exact"]), group["gold"] - group["gold"].iloc[0], "bon")
+        top = int(group["n"].max())
+        where = (f"beyond n = {top} (KL {fit['peak_kl']:.2f} nats against {group['kl_exact'].max():.2f} at n = {top})"
+                 if fit["peak_kl"] > group["kl_exact"].max() else f"inside the data (KL {fit['peak_kl']:.2f} nats)")  # fmt: skip
+        lines.append(f"{condition}: best-of-n by the single RM, Gao's form d(α − β d) puts the gold peak {where}.")
+    if not family.empty:
+        m, supported = int(family["family_size"].iloc[0]), int((family["verdict"] != "not supported").sum())
+        robust = int((family["robust"] & (family["verdict"] != "not supported")).sum())
+        lines.append(f"Primary family: {m} comparisons, Holm at {r.alpha:g}; {supported} supported, {robust} of them "
+                     "robust to leaving any one seed out. The rest are not findings of this run.")  # fmt: skip
+    return "<h2>Findings</h2><ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+
+def describe_gold(cfg: Config) -> str:
+    kind = gold_kind(cfg)
+    if kind == "builtin":
+        return "gold is the task's programmatic reward"
+    if kind == "callable":
+        return f"gold is the callable <code>{html.escape(cfg.task.gold)}</code>"
+    return f"gold is the reward model <code>{html.escape(cfg.task.gold)}</code>"
+
+def describe_conditions(cfg: Config) -> str:
+    return "; ".join(f"{name}: " + (", ".join(f"{s}.{k} = {v}" for s, keys in over.items() for k, v in keys.items())
+                                    or "as params.yaml") for name, over in cfg.reward_conditions.items())  # fmt: skip
+
+def style_page(title: str, sections: list[str]) -> str:
+    style = ("body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}"
+             ".t{border-collapse:collapse;font-size:12px;margin:0.5em 0}.t td,.t th{padding:2px 8px;"
+             "border-bottom:1px solid #ddd}")  # fmt: skip
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"  # fmt: skip
+
+def fmt_sig(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def shown_note(requested: str, shown: str, key: str) -> list[str]:
+    """Where the report shows another setting than ``report.<key>`` names, it says so."""
+    return [] if requested == shown else [f"<p>report.{key}: {html.escape(requested)} is not among the runs; "
+                                          f"shown instead: {html.escape(shown)}.</p>"]  # fmt: skip
+
+
+def fits_text(rl: dict, bon_fit: dict, cfg: Config) -> str:
+    """Section 1's fits: the RL form per condition (pooled, mean curve, each seed) and best-of-n's."""
+    if rl:
+        fits = "<br>".join(f"{c}: {fmt_fit(f)}" + (f"; fit to the mean curve on a common d grid: R² = "
+                                                   f"{f['mean_curve']['r2']:.3f}" if f["mean_curve"] else "")
+                           for c, f in rl.items())  # fmt: skip
+        rl_text = f"<b>RL</b> (β = 0, single RM, seeds pooled; gold gain vs d): {fits}.<br>"
+    else:
+        rl_text = "No β = 0 run with the single RM: the RL over-optimisation fit is skipped.<br>"
+    text = (f"<p>{rl_text}<b>Best-of-n</b> (SFT policy, unbiased estimator over {cfg.best_of_n.samples_per_prompt} "
+            "samples per prompt; d from the exact KL of best-of-n over the empirical sample distribution, which "
+            f"differs from the bound log n − (n−1)/n only through ties): {fmt_fit(bon_fit)}.</p>")  # fmt: skip
+    return text + ("<p>The RL fit of each seed alone:</p>" + table(seed_fit_table(rl)) if rl else "")
+
+
+def sweep_section(cfg: Config, trials: pd.DataFrame | None, sweep_metrics: dict, png: Path | None, metrics: dict,
+                  runs: pd.DataFrame, first: str) -> str:  # fmt: skip
+    """Section 7: the study's trials, its best trial against the β grid, importances; or why it is absent."""
+    sweep_dir = Path(cfg.paths.sweep)
+    if trials is None:
+        return f"<p>No sweep results ({html.escape(str(sweep_dir / 'trials.csv'))}): `dvc repro sweep` makes them.</p>"
+    best_trial = sweep_metrics.get("sweep.best.trial")
+    trial_finals = [json.loads(p.read_text())["gold_final"] for p in
+                    sorted((sweep_dir / "trials" / f"trial_{best_trial}").glob("seed_*/metrics.json"))]  # fmt: skip
+    best = {"beta": metrics["sweep.best.beta"] or math.nan, "clip_eps": metrics["sweep.best.clip_eps"] or math.nan}
+    sweep_note = sweep_against_grid(trial_finals, best, runs, first, cfg.report.alpha) if best_trial is not None else ""
+    importance_table, importance_note = importances(sweep_dir, cfg.sweep.storage, cfg.sweep.study_name)
+    return "".join([
+        embed(png),
+        f"<p>Best: β = {fmt_sig(metrics['sweep.best.beta'])}, ε = {fmt_sig(metrics['sweep.best.clip_eps'])} "
+        f"({sweep_metrics['sweep.n_trials']} trials, {sweep_metrics['sweep.n_pruned']} pruned; each trial's "
+        f"objective is the mean final gold over {cfg.sweep.seeds} seed(s)). {sweep_note} {importance_note}</p>",
+        table(importance_table) if importance_table is not None else "",
+        table(rounded_trials(trials)),
+    ])  # fmt: skip
