@@ -35,6 +35,9 @@ from rlhf_lab.lora import add_lora, save_adapter_and_merged
 from rlhf_lab.models import load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf_lab.preference import spearman
 from rlhf_lab.reward_model import load_frozen_reward, member_paths, reward_inputs
+from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule
+from rlhf_lab.engine.direct import DirectAlignmentModule, encode_pairs
+from rlhf_lab.engine.online import OnlinePolicyModule
 from rlhf_lab.ppo import PPOModule, iteration_of, optimizer_steps_per_iteration
 from rlhf_lab.stage import (
     apply_runtime,
@@ -60,7 +63,7 @@ class Evaluator:
         self.last_rows: list[dict] = []  # every prompt's sample from the latest evaluation
 
     @torch.no_grad()
-    def __call__(self, module: PPOModule, iteration: int) -> None:
+    def __call__(self, module: OnlinePolicyModule, iteration: int) -> None:
         if module.history and module.history[-1]["step"] == iteration:
             return
         cfg = self.cfg.ppo
@@ -115,24 +118,40 @@ class Evaluator:
         module.policy.train(was_training)
 
 
-def check_inputs(cfg: Config) -> tuple[list[str], list[str]]:
+def check_inputs(cfg: Config) -> tuple[list[str], list[str], list[dict] | None]:
     """The checks a run can fail on its inputs, made before it writes anything (a checkpoint folder,
     an MLflow run), so that a refused run leaves no trace: the reward members, the prompts and the
-    batch size, and a separate value model's vocabulary. Returns (training prompts, evaluation prompts)."""
+    batch size, a separate value model's vocabulary, DPO/IPO's preference pairs. Returns (training
+    prompts, evaluation prompts, the training pairs of DPO/IPO or None)."""
     members = member_paths(cfg)
-    if cfg.ppo.value_model == "separate" and reward_inputs(load_tokenizer(cfg.paths.sft), members[0], 1) is not None:
+    algorithm = cfg.ppo.algorithm
+    if (algorithm == "ppo" and cfg.ppo.value_model == "separate"
+            and reward_inputs(load_tokenizer(cfg.paths.sft), members[0], 1) is not None):  # fmt: skip
         raise ConfigError(f"ppo.value_model: separate copies reward member 0 ({members[0]}), whose tokenizer "
                           "differs from the policy's, so it cannot read the policy's tokens; use shared")  # fmt: skip
     data = Path(cfg.paths.data)
     train_prompts = read_texts(data / "prompts_train.jsonl", "prompt")
-    if len(train_prompts) < cfg.ppo.batch_size:
+    if cfg.ppo.online and len(train_prompts) < cfg.ppo.batch_size // cfg.ppo.k:
         raise UserError(f"ppo.batch_size: {cfg.ppo.batch_size} is larger than the number of training prompts "
                         f"({len(train_prompts)} in {data / 'prompts_train.jsonl'})")  # fmt: skip
-    return train_prompts, read_texts(data / "prompts_eval.jsonl", "prompt")
+    pairs = None
+    if not cfg.ppo.online:  # DPO/IPO learn from the condition's own preference pairs
+        from pipelines.reward import pair_datasets
+
+        pairs, _ = pair_datasets(cfg)
+        if len(pairs) < cfg.ppo.batch_size:
+            where = cfg.reward.dataset or cfg.paths.preferences
+            raise UserError(f"ppo.algorithm: {algorithm} needs preference pairs, and {where} has {len(pairs)} "
+                            f"(fewer than ppo.batch_size {cfg.ppo.batch_size})")  # fmt: skip
+    return train_prompts, read_texts(data / "prompts_eval.jsonl", "prompt"), pairs
 
 
-def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[PPOModule, object | None]:
-    """The PPO module and, with ``model.lora``, the policy's peft wrapper (it saves the adapter)."""
+MODULES = {"ppo": PPOModule, "rloo": RLOOModule, "grpo": GRPOModule, "dpo": DirectAlignmentModule,
+           "ipo": DirectAlignmentModule}  # fmt: skip
+
+
+def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[OnlinePolicyModule, object | None]:
+    """The algorithm's module and, with ``model.lora``, the policy's peft wrapper (it saves the adapter)."""
     members = member_paths(cfg)
     policy = load_causal_lm(cfg.paths.sft)
     adapter, ref = None, None
@@ -141,14 +160,19 @@ def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[PPOModule, obj
     else:
         ref = load_causal_lm(cfg.paths.sft)
     prepare_for_training(policy, cfg.runtime)
+    # DPO/IPO train without them; they score the evaluations' samples (the proxy column) alike.
     rewards = [load_frozen_reward(p) for p in members]
     retokenize = reward_inputs(tokenizer, members[0], cfg.reward.max_length)
+    ids = (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if cfg.ppo.algorithm != "ppo":
+        module = MODULES[cfg.ppo.algorithm](cfg.ppo, policy, ref, rewards, *ids, evaluate=evaluator,
+                                            reward_inputs=retokenize)  # fmt: skip
+        return module, adapter
     value = None
     if cfg.ppo.value_model == "separate":  # check_inputs made sure it reads the policy's tokens
         # Value model initialised from the reward model (Huang et al. 2024); head kept.
         value = load_frozen_reward(members[0]).train().requires_grad_(True)
-    module = PPOModule(cfg.ppo, policy, ref, rewards, value, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                       evaluate=evaluator, reward_inputs=retokenize)  # fmt: skip
+    module = PPOModule(cfg.ppo, policy, ref, rewards, value, *ids, evaluate=evaluator, reward_inputs=retokenize)
     return module, adapter
 
 
@@ -176,7 +200,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     name, seed = cfg.ppo.run_name, cfg.ppo.seed
     apply_runtime(cfg.runtime, seed_offset=seed)
     tokenizer = load_tokenizer(cfg.paths.sft)
-    train_prompts, eval_prompts = check_inputs(cfg)
+    train_prompts, eval_prompts, pairs = check_inputs(cfg)
     # Everything that can refuse (the models too) comes before the first file or MLflow run is made.
     evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger=None)
     module, adapter = build_module(cfg, tokenizer, evaluator)
@@ -189,7 +213,10 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}-seed{seed}", tags=run_tags, run_id=run_id)
     run_id_file.write_text(logger.run_id + "\n")
     evaluator.logger = logger
-    module.use_prompts(*left_pad(tokenizer, train_prompts), seed=cfg.runtime.seed + seed)
+    if pairs is not None:
+        module.use_pairs(encode_pairs(tokenizer, pairs, cfg.ppo.max_new_tokens), seed=cfg.runtime.seed + seed)
+    else:
+        module.use_prompts(*left_pad(tokenizer, train_prompts), seed=cfg.runtime.seed + seed)
 
     steps = optimizer_steps_per_iteration(cfg.ppo)
     checkpoint = checkpoint_callback(ckpt_dir / "last.ckpt", cfg.ppo.checkpoint_every, cfg.ppo.iterations, steps)

@@ -27,10 +27,21 @@ from rlhf_lab.findings import (
     overoptimisation_counts,
     primary_family,
     replication,
+    frontier,
+    frontier_runs,
     overoptimisation_fits,
     zero_beta,
 )
-from rlhf_lab.report.figures import beta_ablation, draw_bands, ensembles, figure, overoptimisation, rm_quality, sweep_figure
+from rlhf_lab.report.figures import (
+    beta_ablation,
+    draw_bands,
+    ensembles,
+    figure,
+    frontier_figure,
+    overoptimisation,
+    rm_quality,
+    sweep_figure,
+)
 from rlhf_lab.report.page import (
     METHODS,
     describe_conditions,
@@ -58,7 +69,8 @@ def load_runs(ppo_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for path in (p for p in seed_dirs if (p / "eval_history.csv").is_file()):
         cfg = config_lib.load(path / "config.yaml")
         meta = {"setting": path.parts[-3], "condition": Path(cfg.paths.reward).name, "beta": cfg.ppo.beta,
-                "objective": cfg.ppo.reward_objective, "adaptive": cfg.ppo.adaptive_kl, "seed": cfg.ppo.seed}  # fmt: skip
+                "objective": cfg.ppo.reward_objective, "adaptive": cfg.ppo.adaptive_kl, "seed": cfg.ppo.seed,
+                "algorithm": cfg.ppo.algorithm}  # fmt: skip
         meta["run"] = f"{meta['setting']}/seed_{meta['seed']}"
         metrics = json.loads((path / "metrics.json").read_text())
         final = read_jsonl(path / "final_samples.jsonl")
@@ -160,7 +172,13 @@ def run(cfg: Config) -> dict:
     default_run, hacking_run = (shown_setting(runs, key, name) for key, name in
                                 (("default_run", r.default_run), ("hacking_run", r.hacking_run)))  # fmt: skip
 
-    runs = add_endpoints(runs, hist, r.d_grid, r.overopt_drop)
+    every_run = add_endpoints(runs, hist, r.d_grid, r.overopt_drop)
+    every_hist = hist
+    # Sections 1-8 are PPO's study; the other optimisers meet it on the frontier (section 9).
+    runs = every_run[every_run["algorithm"] == "ppo"].reset_index(drop=True)
+    hist = hist[hist["algorithm"] == "ppo"]
+    if runs.empty:
+        raise UserError(f"{ppo_dir}: no PPO runs to report (ppo_runs needs at least one setting with algorithm ppo)")
     family = primary_family(runs, bon_prompts, first, r.alpha)
     replicated, replication_metrics = (replication(runs, bon_prompts, first, r.alpha, r.seed_sets) if r.seed_sets
                                        else (pd.DataFrame(), {}))  # fmt: skip
@@ -190,6 +208,9 @@ def run(cfg: Config) -> dict:
         bon.to_csv(plots / "best_of_n.csv", index=False)
         fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"] & (runs["condition"] == first)]
         fixed[["run", "seed", "beta", "gold_final", "proxy_final", "kl_final", "distinct_2"]].to_csv(plots / "beta_ablation.csv", index=False)
+        frontier_table, frontier_metrics = frontier(every_run, every_hist, first, r.alpha)
+        metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                        for k, v in frontier_metrics.items()})  # fmt: skip
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
 
@@ -243,9 +264,33 @@ def run(cfg: Config) -> dict:
             table(scaling), table(rm_table),
             "<h2>7. Optuna study (β, clip ε)</h2>", sweep_section(cfg, trials, sweep_metrics, sweep_png, metrics, runs, first),
             "<h2>8. Every run</h2>", table(run_table),
+            "<h2>9. Every optimiser on one gold: the frontier</h2>",
+            frontier_section(frontier_table, every_run, every_hist, first, fig_dir),
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
     return metrics
+
+
+def frontier_section(table_frame: pd.DataFrame, runs: pd.DataFrame, hist: pd.DataFrame, first: str,
+                     fig_dir: Path) -> str:  # fmt: skip
+    """Section 9: gold vs d per optimiser (each at its least-regularised setting), the RL fit of each,
+    gold peak and KL at the peak, and each against PPO; or why there is nothing to compare."""
+    algorithms = sorted(set(runs["algorithm"]))
+    if algorithms == ["ppo"]:
+        return ("<p>Only PPO runs: the frontier needs settings of other optimisers (<code>algorithm</code>: rloo, "
+                "grpo, dpo, ipo in <code>ppo_runs</code>; <code>examples/frontier/params.yaml</code> has a grid).</p>")  # fmt: skip
+    chosen = frontier_runs(runs, first)
+    png = frontier_figure(hist[hist["run"].isin(chosen["run"])], fig_dir)
+    return "".join([
+        embed(png),
+        "<p>Each optimiser at its least-regularised setting (smallest β; single RM, the first condition), on the "
+        "same gold and the same KL budget. DPO and IPO learn offline from the condition's preference pairs and "
+        "are measured on their own samples by the same evaluations. Gold peak is a mean [95 % t CI] over seeds, "
+        "KL at the peak a bootstrap interval; the RL form d(α − β log d) is fitted to each optimiser's seeds "
+        "(bootstrap CI over seeds). Against PPO: Welch on gold peak, Holm over the optimisers compared (a family "
+        "of its own, outside the primary one).</p>",
+        table(table_frame),
+    ])  # fmt: skip
 
 
 def shown_setting(runs: pd.DataFrame, key: str, name: str) -> str:

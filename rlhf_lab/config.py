@@ -271,6 +271,11 @@ class RewardConfig:
         _check_lora(self.lora, "lora")
 
 
+DEFAULT_K = {"rloo": 4, "grpo": 4}  # Ahmadian et al. 2024 found RLOO k = 4 ahead of PPO
+# Keys that belong to some algorithms: setting one on another algorithm's run is an error.
+ALGORITHM_KEYS = {"scale_rewards": ("grpo",), "loss_type": ("grpo",), "clip_eps_high": ("grpo",)}
+
+
 @dataclass(frozen=True)
 class PPOConfig:
     """One PPO run (Ziegler et al. 2019; Huang et al. 2024 for the implementation details)."""
@@ -281,6 +286,14 @@ class PPOConfig:
     # 0 … n−1) or a list of distinct integers >= 0. Normalised to a tuple.
     seeds: int | tuple[int, ...] = 3
     reward_condition: Optional[str] = None  # an entry of reward_conditions; None = the first
+    # The optimiser (rlhf_lab/algorithms): ppo (value model, GAE); rloo and grpo (k responses per
+    # prompt, no value model); dpo and ipo (offline, from the condition's preference pairs).
+    algorithm: Literal["ppo", "rloo", "grpo", "dpo", "ipo"] = "ppo"
+    samples_per_prompt: Optional[int] = None  # k; None = the algorithm's default (ppo 1, rloo/grpo 4)
+    # GRPO only (TRL's names; null = TRL's default): advantage scaling, loss aggregation, upper clip ε
+    scale_rewards: Optional[Literal["group", "batch", "none"]] = None  # null = group
+    loss_type: Optional[Literal["grpo", "bnpo", "dr_grpo", "dapo"]] = None  # null = dapo
+    clip_eps_high: Optional[float] = None  # null = clip_eps
     iterations: int = 200  # the cap; with kl_budget a run usually ends earlier
     # Stop at the first evaluation whose KL to the reference (nats per response) reaches this: runs
     # then end at one distance from SFT, whatever their speed. None: run every iteration.
@@ -341,6 +354,27 @@ class PPOConfig:
         _check(0 <= self.lam <= 1, "lam", "expected a number in [0, 1]")
         _check(self.lr > 0, "lr", "expected a number > 0")
         _check(self.temperature > 0, "temperature", "expected a number > 0")
+        for name, owners in ALGORITHM_KEYS.items():
+            _check(getattr(self, name) is None or self.algorithm in owners, name,
+                   f"a key of {' and '.join(owners)}, set on a {self.algorithm} setting")  # fmt: skip
+        k = self.k
+        if self.algorithm in ("rloo", "grpo"):
+            _check(k >= 2, "samples_per_prompt", f"{self.algorithm} needs k >= 2 responses per prompt, got {k}")
+        else:
+            _check(k == 1, "samples_per_prompt", f"{self.algorithm} samples one response per prompt")
+        _check(self.batch_size % k == 0, "batch_size", f"must be a multiple of samples_per_prompt ({k})")
+        _check(self.clip_eps_high is None or self.clip_eps_high > 0, "clip_eps_high", "expected null or a number > 0")
+        _check(self.algorithm != "ipo" or self.beta > 0, "beta", "IPO's target 1/(2β) needs β > 0")
+
+    @property
+    def k(self) -> int:
+        """Responses sampled per prompt: ``samples_per_prompt``, or the algorithm's default."""
+        return self.samples_per_prompt or DEFAULT_K.get(self.algorithm, 1)
+
+    @property
+    def online(self) -> bool:
+        """Does the algorithm sample from the policy as it trains (not dpo/ipo)?"""
+        return self.algorithm in ("ppo", "rloo", "grpo")
 
 
 @dataclass(frozen=True)
@@ -479,7 +513,9 @@ class Config:
             raise ConfigError(f"ppo_runs.{name}: no such run; defined runs: {', '.join(self.ppo_runs) or 'none'}")
         overrides = {**self.ppo_runs[name], "run_name": name}
         ppo = section_from_dict(PPOConfig, {**self.to_dict()["ppo"], **overrides}, f"ppo_runs.{name}")
-        return dataclasses.replace(self, ppo=ppo)
+        # Only its own entry stays: the other settings' overrides were written for the ppo section,
+        # not on top of this one (a beta: 0 entry on an IPO setting would be invalid).
+        return dataclasses.replace(self, ppo=ppo, ppo_runs={name: self.ppo_runs[name]})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

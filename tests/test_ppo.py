@@ -40,13 +40,15 @@ class TokenCountReward(torch.nn.Module):
 
 
 class History(Callback):
-    def __init__(self):
+    def __init__(self, prefix: str = "ppo"):
+        self.prefix = prefix
         self.scores, self.kls, self.exact_kls = [], [], []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.scores.append(float(trainer.callback_metrics["ppo/score"]))
-        self.kls.append(float(trainer.callback_metrics["ppo/kl"]))
-        self.exact_kls.append(float(trainer.callback_metrics["ppo/kl_exact"]))
+        metrics = trainer.callback_metrics
+        self.scores.append(float(metrics[f"{self.prefix}/score"]))
+        self.kls.append(float(metrics[f"{self.prefix}/kl"]))
+        self.exact_kls.append(float(metrics[f"{self.prefix}/kl_exact"]))
 
 
 def test_ppo_raises_a_toy_reward_with_finite_kl():

@@ -43,7 +43,10 @@ def experiment_cfg(tiny_cfg, reward_stage):
         ppo={"iterations": 4, "batch_size": 16, "eval_every": 2, "max_new_tokens": 16, "seeds": 2},
         ppo_runs={"beta0": {"beta": 0.0}, "beta01": {"beta": 0.1}, "beta0_wco": {"beta": 0.0, "reward_objective": "wco"},
                   "noisy_beta0": {"beta": 0.0, "reward_condition": "noisy"},
-                  "noisy_beta0_wco": {"beta": 0.0, "reward_objective": "wco", "reward_condition": "noisy"}},
+                  "noisy_beta0_wco": {"beta": 0.0, "reward_objective": "wco", "reward_condition": "noisy"},
+                  # the other optimisers, on the same gold (section 9, the frontier)
+                  "rloo0": {"algorithm": "rloo", "beta": 0.0}, "grpo0": {"algorithm": "grpo", "beta": 0.0},
+                  "dpo01": {"algorithm": "dpo", "beta": 0.1}, "ipo05": {"algorithm": "ipo", "beta": 0.5}},
         reward_conditions={"clean": {}, "noisy": NOISY},
         best_of_n={"prompts": 8, "samples_per_prompt": 16, "max_n": 8},
         sweep={"n_trials": 3, "iterations": 4, "seeds": 2},
@@ -152,11 +155,23 @@ def test_report_stage(experiment_cfg, experiment):
                     "<h2>Findings</h2>", "Holm p", "Primary family: 9 comparisons", "Seeds that over-optimised",
                     "importances are not shown: 3 complete trials", "The best trial ("):
         assert heading in page, heading
-    assert page.count("data:image/png;base64,") == 6 and "http" not in page.split("<body>")[1].split("Optuna")[0]
+    assert page.count("data:image/png;base64,") == 7 and "http" not in page.split("<body>")[1].split("Optuna")[0]
     assert page.index("<h2>Findings</h2>") < page.index("Design and statistics")  # the answers come first
     assert (Path(experiment_cfg.paths.best_of_n) / "bon_prompts.csv").is_file()
     for name in ("ppo_curves.csv", "best_of_n.csv", "beta_ablation.csv"):
         assert (out / "plots" / name).is_file()
+    # The frontier: every optimiser at its least-regularised setting, its numbers the runs' numbers.
+    assert "9. Every optimiser on one gold" in page and "frontier.png" in str(list((out / "figures").iterdir()))
+    for algorithm, setting in (("ppo", "beta0"), ("rloo", "rloo0"), ("grpo", "grpo0"), ("dpo", "dpo01"), ("ipo", "ipo05")):
+        peaks = [json.loads((runs / setting / "seeds" / f"seed_{s}" / "metrics.json").read_text())["gold_peak"] for s in (0, 1)]
+        assert saved[f"frontier.{algorithm}.gold_peak.mean"] == pytest.approx(sum(peaks) / 2)
+        assert saved[f"frontier.{algorithm}.gold_peak.n"] == 2
+        for key in ("kl_at_peak.mean", "fit.alpha", "fit.beta", "fit.r2"):
+            assert f"frontier.{algorithm}.{key}" in saved, (algorithm, key)
+        if algorithm != "ppo":
+            assert 0 <= saved[f"frontier.{algorithm}.gold_peak_vs_ppo.p"] <= saved[f"frontier.{algorithm}.gold_peak_vs_ppo.p_holm"]
+    history = pd.read_csv(runs / "dpo01" / "eval_history.csv")  # DPO measured on its own samples as it trains
+    assert list(history[history["seed"] == 0]["step"]) == [0, 2, 4] and history["kl"].iloc[-1] > 0
 
 
 def test_a_report_over_a_partial_grid_renders_what_exists_and_says_what_it_skipped(tmp_path, experiment_cfg, experiment):

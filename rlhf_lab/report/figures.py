@@ -106,7 +106,7 @@ def ensembles(hist: pd.DataFrame, bon: pd.DataFrame, fig_dir: Path):
             ax.legend(fontsize=7)
         ax = axes[-1]
         for (condition, objective), group in bon[bon["objective"] != "oracle"].groupby(["condition", "objective"]):
-            line = ax.plot(group["n"], group["gold"], "o-" if condition == conditions[0] else "s--", ms=3,
+            line = ax.plot(group["n"], group["gold"], "o-" if condition == bon["condition"].iloc[0] else "s--", ms=3,
                            label=f"{condition}, {OBJECTIVE_NAMES[objective]}")[0]
             ax.fill_between(group["n"], group["gold_ci_low"], group["gold_ci_high"], alpha=0.12, color=line.get_color())
         ax.set(xscale="log", xlabel="n", ylabel="gold of the pick", title="Best-of-n by objective (95 % CI over prompts)")
@@ -212,3 +212,15 @@ def sweep_figure(trials: pd.DataFrame, fig_dir: Path):
                 sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=7, title_fontsize=7)
 
     return figure(fig_dir / "sweep.png", draw)
+
+
+def frontier_figure(hist: pd.DataFrame, fig_dir: Path) -> Path:
+    """Gold and proxy vs d, one line per optimiser's setting (mean on d over seeds, 95 % band)."""
+
+    def draw(axes):
+        for ax, y, label in zip(axes, ("gold", "proxy"), ("gold score", "proxy score")):
+            draw_d_bands(ax, hist, y)
+            ax.set(xlabel="d = √KL(π‖π_SFT)", ylabel=label, title=f"Every optimiser: {label} vs distance from SFT")
+            ax.legend(fontsize=7)
+
+    return figure(fig_dir / "frontier.png", draw)
