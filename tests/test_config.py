@@ -175,7 +175,7 @@ def test_seeds_are_a_count_or_a_list():
 def test_example_params_load_and_name_every_dvc_param():
     for path in sorted((ROOT / "examples").glob("*/params.yaml")):
         cfg = config.load(path)
-        if path.parent.name != "study":
+        if path.parent.name not in ("study", "frontier"):  # those two run the built-in task
             assert cfg.task.gold and cfg.model.name_or_path  # a real setting: its own model and gold
         data = yaml.safe_load(path.read_text())
         assert set(data) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))  # every section dvc.yaml reads
@@ -190,3 +190,29 @@ def test_the_study_is_the_default_experiment_with_more_seeds_in_two_disjoint_set
     first, second = study.report.seed_sets
     assert len(first) >= 10 and len(second) >= 10 and not set(first) & set(second)
     assert set(first) | set(second) == set(study.ppo.seeds)
+
+
+def test_the_frontier_is_the_default_experiment_plus_every_optimiser():
+    frontier, default = config.load(ROOT / "examples" / "frontier" / "params.yaml"), config.load(ROOT / "params.yaml")
+    a, b = frontier.to_dict(), default.to_dict()
+    changed = {f"{section}.{key}" for section in a if isinstance(a[section], dict) and section != "ppo_runs"
+               for key in a[section] if a[section][key] != b[section].get(key)}  # fmt: skip
+    assert changed == {"report.title"}
+    assert all(frontier.ppo_runs[name] == overrides for name, overrides in default.ppo_runs.items())
+    added = {frontier.ppo_run(name).ppo.algorithm for name in set(frontier.ppo_runs) - set(default.ppo_runs)}
+    assert added == {"rloo", "grpo", "dpo", "ipo"}
+
+
+@pytest.mark.parametrize("overrides, line", [
+    ({"algorithm": "rloo", "samples_per_prompt": 1}, "ppo.samples_per_prompt: rloo needs k >= 2 responses per prompt"),
+    ({"loss_type": "dapo"}, "ppo.loss_type: a key of grpo, set on a ppo setting"),
+    ({"algorithm": "grpo", "samples_per_prompt": 3}, "ppo.batch_size: must be a multiple of samples_per_prompt (3)"),
+    ({"algorithm": "ipo", "beta": 0.0}, "ppo.beta: IPO's target 1/(2β) needs β > 0"),
+])  # fmt: skip
+def test_an_algorithm_key_that_does_not_fit_is_one_line(tmp_path, overrides, line):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["ppo"].update(overrides)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(tmp_path / "params.yaml")
+    assert str(err.value).startswith(f"{tmp_path / 'params.yaml'}: {line}")
