@@ -37,11 +37,12 @@ plots: $(STAMP)
 bench: $(STAMP) .venv-trl/.installed
 	$(PY) benchmarks/ppo_vs_trl.py
 	$(PY) benchmarks/ppo_vs_trl.py --compile
+	$(PY) benchmarks/critic_free_vs_trl.py
 
 .venv-trl/.installed:
 	test -x .venv-trl/bin/python || python3 -m venv .venv-trl
 	.venv-trl/bin/pip install -q torch==2.13.0
-	.venv-trl/bin/pip install -q trl==0.29.1 transformers==5.23.0 tokenizers==0.23.3 datasets==5.2.0
+	.venv-trl/bin/pip install -q trl==0.29.1 transformers==5.23.0 tokenizers==0.23.3 datasets==5.2.0 requests
 	touch $@
 
 optuna-dashboard: $(STAMP)

@@ -7,7 +7,8 @@ The setting runs once per seed of ``ppo.seeds``, the seeds side by side (rlhf_la
 Outputs (``paths.ppo``/NAME/seeds/seed_<s>, one folder per seed): ``policy/`` (save_pretrained),
 ``eval_history.csv`` (step, kl, gold, proxy, proxy_<k>, ...), ``samples.jsonl`` (a few texts per
 evaluation), ``final_samples.jsonl`` (every held-out prompt's sample at the end, with every member's
-score), ``metrics.json`` (gold_peak, gold_final, proxy_final, kl_final), ``config.yaml``,
+score), ``metrics.json`` (gold_peak, gold_final, proxy_final, kl_final), ``run.json`` (what the run
+was: algorithm, condition, objective, β, seed; the report reads it), ``config.yaml``,
 ``mlflow_run_id``; beside them (``paths.ppo``/NAME) the seeds' summary: see :func:`run`. A killed
 run resumes from ``paths.ppo``/.checkpoints/NAME/seed_<s> when rerun with the same config.
 """
@@ -245,6 +246,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     write_jsonl(out / "samples.jsonl", module.samples_history)
     write_jsonl(out / "final_samples.jsonl", evaluator.last_rows)
     write_json(out / "metrics.json", metrics)
+    write_json(out / "run.json", describe_run(cfg))
     config_lib.save(cfg, out / "config.yaml")
     (out / "mlflow_run_id").write_text(logger.run_id + "\n")
     for artifact in ("eval_history.csv", "samples.jsonl", "metrics.json", "config.yaml"):
@@ -252,6 +254,15 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
+
+
+def describe_run(cfg: Config) -> dict:
+    """What a run was, written once beside its results (``run.json``): the report's sections filter
+    on these fields rather than re-deriving them from the resolved config."""
+    p = cfg.ppo
+    return {"setting": p.run_name, "algorithm": p.algorithm, "condition": Path(cfg.paths.reward).name,
+            "objective": p.reward_objective, "beta": p.beta, "adaptive": p.adaptive_kl, "seed": p.seed,
+            "samples_per_prompt": p.k}  # fmt: skip
 
 
 def resumable_checkpoint(ckpt_dir: Path, config_text: str) -> Path | None:

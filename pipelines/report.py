@@ -67,10 +67,9 @@ def load_runs(ppo_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs, histories = [], []
     seed_dirs = sorted(ppo_dir.glob("*/seeds/seed_*"), key=lambda p: (p.parts[-3], int(p.name.split("_")[1])))
     for path in (p for p in seed_dirs if (p / "eval_history.csv").is_file()):
-        cfg = config_lib.load(path / "config.yaml")
-        meta = {"setting": path.parts[-3], "condition": Path(cfg.paths.reward).name, "beta": cfg.ppo.beta,
-                "objective": cfg.ppo.reward_objective, "adaptive": cfg.ppo.adaptive_kl, "seed": cfg.ppo.seed,
-                "algorithm": cfg.ppo.algorithm}  # fmt: skip
+        meta = {k: v for k, v in json.loads((path / "run.json").read_text()).items()
+                if k in ("algorithm", "condition", "objective", "beta", "adaptive", "seed")}  # fmt: skip
+        meta["setting"] = path.parts[-3]
         meta["run"] = f"{meta['setting']}/seed_{meta['seed']}"
         metrics = json.loads((path / "metrics.json").read_text())
         final = read_jsonl(path / "final_samples.jsonl")

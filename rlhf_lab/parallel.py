@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from rlhf_lab.config import RuntimeConfig, UserError
+from rlhf_lab.tracking import close_open_runs, forget_inherited_runs
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,6 @@ def _stop(signum, frame) -> None:
 
 def _child(fn: Callable, job: Any, threads: int, conn, parent: int) -> None:
     import torch
-
-    from rlhf_lab.stage import close_open_runs, forget_inherited_runs
 
     forget_inherited_runs()
     signal.signal(signal.SIGTERM, _stop)

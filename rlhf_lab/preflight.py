@@ -8,6 +8,7 @@ import socket
 from urllib.parse import urlsplit
 
 from rlhf_lab.config import Config, ConfigError, RuntimeConfig, UserError
+from rlhf_lab.tracking import tracking_uri
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -36,8 +37,6 @@ def redact(url: str) -> str:
 
 def check_tracking(cfg: Config) -> None:
     """An MLflow tracking server named by ``tracking.tracking_uri`` or ``$MLFLOW_TRACKING_URI`` answers."""
-    from rlhf_lab.stage import tracking_uri
-
     uri = tracking_uri(cfg.tracking)
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
