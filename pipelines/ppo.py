@@ -8,7 +8,8 @@ Outputs (``paths.ppo``/NAME/seeds/seed_<s>, one folder per seed): ``policy/`` (s
 ``eval_history.csv`` (step, kl, gold, proxy, proxy_<k>, ...), ``samples.jsonl`` (a few texts per
 evaluation), ``final_samples.jsonl`` (every held-out prompt's sample at the end, with every member's
 score), ``metrics.json`` (gold_peak, gold_final, proxy_final, kl_final), ``run.json`` (what the run
-was: algorithm, condition, objective, β, seed; the report reads it), ``config.yaml``,
+was: algorithm, condition, objective, β, seed; the report reads it), ``cost.json`` (wall time,
+responses generated, models held, peak memory), ``config.yaml``,
 ``mlflow_run_id``; beside them (``paths.ppo``/NAME) the seeds' summary: see :func:`run`. A killed
 run resumes from ``paths.ppo``/.checkpoints/NAME/seed_<s> when rerun with the same config.
 """
@@ -16,8 +17,10 @@ run resumes from ``paths.ppo``/.checkpoints/NAME/seed_<s> when rerun with the sa
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,18 +29,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
 from rlhf_lab import parallel
-from rlhf_lab import ppo_math as pm
 from rlhf_lab.config import Config, ConfigError, UserError
 from rlhf_lab.data import read_texts, write_json, write_jsonl
-from rlhf_lab.ensemble import aggregate, disagreement
-from rlhf_lab.generation import decode_responses, left_pad, sample
-from rlhf_lab.gold import gold_reward
+from rlhf_lab.generation import left_pad
 from rlhf_lab.lora import add_lora, save_adapter_and_merged
 from rlhf_lab.models import load_causal_lm, load_tokenizer, prepare_for_training
-from rlhf_lab.preference import spearman
 from rlhf_lab.reward_model import load_frozen_reward, member_paths, reward_inputs
 from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule
 from rlhf_lab.engine.direct import DirectAlignmentModule, encode_pairs
+from rlhf_lab.engine.evaluation import Evaluation
 from rlhf_lab.engine.online import OnlinePolicyModule
 from rlhf_lab.ppo import PPOModule, iteration_of, optimizer_steps_per_iteration
 from rlhf_lab.stage import (
@@ -51,72 +51,6 @@ from rlhf_lab.stage import (
     unreadable_checkpoint,
 )
 from rlhf_lab.stats import bootstrap_mean_interval, t_interval
-
-
-class Evaluator:
-    """Every ``eval_every`` iterations: gold, every member's proxy, disagreement and KL on fixed
-    held-out prompts, with a fixed sampling seed so successive evaluations are paired."""
-
-    def __init__(self, cfg: Config, tokenizer, prompts: list[str], logger):
-        self.cfg, self.tokenizer, self.prompts, self.logger = cfg, tokenizer, prompts, logger
-        self.ids, self.mask = left_pad(tokenizer, prompts)
-        self.gold = gold_reward(cfg)
-        self.last_rows: list[dict] = []  # every prompt's sample from the latest evaluation
-
-    @torch.no_grad()
-    def __call__(self, module: OnlinePolicyModule, iteration: int) -> None:
-        if module.history and module.history[-1]["step"] == iteration:
-            return
-        cfg = self.cfg.ppo
-        device = module.device
-        was_training = module.policy.training
-        module.policy.eval()
-        generator = torch.Generator(device=device).manual_seed(self.cfg.runtime.seed + 12345)
-        ids, mask = self.ids.to(device), self.mask.to(device)
-        # The exact KL compares the distributions the tokens were drawn from with the reference's.
-        out = sample(module.policy, ids, mask, cfg.max_new_tokens, module.eos_token_id, module.pad_token_id,
-                     temperature=cfg.temperature, generator=generator, keep_distributions=True)  # fmt: skip
-        seq, seq_mask, rmask = out.sequence_ids, out.sequence_mask, out.response_mask
-        ref_logprobs, kl_exact = module.reference_logprobs(seq, seq_mask, out.response_ids, out.distributions)
-        members = module.score(seq, seq_mask, ids.shape[1])  # (K, B)
-        proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)
-        per_seq = lambda x: (x * rmask).sum(1).mean().item()  # noqa: E731
-        row = {
-            "step": iteration,
-            "kl": per_seq(kl_exact),
-            "kl_k1": per_seq(pm.kl_k1(out.logprobs, ref_logprobs)),
-            "kl_k3": per_seq(pm.kl_k3(out.logprobs, ref_logprobs)),
-            "proxy": proxy.mean().item(),
-            **{f"proxy_{k}": members[k].mean().item() for k in range(members.shape[0])},
-            "disagreement": disagreement(members).mean().item() if members.shape[0] > 1 else 0.0,
-            "length": rmask.sum(1).float().mean().item(),
-            "eos_rate": out.ended.float().mean().item(),
-            "beta": module.kl_ctl.value,
-        }
-        responses = decode_responses(self.tokenizer, out)
-        gold = self.gold(self.prompts, responses, out.ended.tolist()) if self.gold is not None else None
-        if gold is not None:
-            row["gold"] = float(gold.mean())
-            row["gold_se"] = float(gold.std() / len(gold) ** 0.5)
-            # Does the proxy still rank like gold on the policy's own samples?
-            row["proxy_gold_spearman"] = spearman(members[0].cpu().numpy(), gold)
-        module.history.append(row)
-        # Every member's score too: is a hack shared by all members, or only by some (report §2)?
-        self.last_rows = [
-            {"prompt": p, "response": r, "ended": bool(e), "proxy": round(float(x), 4),
-             "members": [round(v, 4) for v in m], **({"gold": round(float(g), 4)} if gold is not None else {})}
-            for p, r, e, x, m, g in zip(self.prompts, responses, out.ended.tolist(), proxy.tolist(),
-                                        members.T.tolist(), gold if gold is not None else [None] * len(responses))
-        ]  # fmt: skip
-        for i in range(min(cfg.eval_texts, len(responses))):
-            module.samples_history.append({
-                "step": iteration, "prompt": self.prompts[i], "response": responses[i],
-                "ended": bool(out.ended[i]), "proxy": round(proxy[i].item(), 4),
-                **({"gold": round(float(gold[i]), 4)} if gold is not None else {}),
-            })  # fmt: skip
-        if self.logger is not None and module.trainer is not None and module.trainer.is_global_zero:
-            self.logger.log_metrics({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=iteration)
-        module.policy.train(was_training)
 
 
 def check_inputs(cfg: Config) -> tuple[list[str], list[str], list[dict] | None]:
@@ -151,7 +85,7 @@ MODULES = {"ppo": PPOModule, "rloo": RLOOModule, "grpo": GRPOModule, "dpo": Dire
            "ipo": DirectAlignmentModule}  # fmt: skip
 
 
-def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[OnlinePolicyModule, object | None]:
+def build_module(cfg: Config, tokenizer) -> tuple[OnlinePolicyModule, object | None]:
     """The algorithm's module and, with ``model.lora``, the policy's peft wrapper (it saves the adapter)."""
     members = member_paths(cfg)
     policy = load_causal_lm(cfg.paths.sft)
@@ -166,14 +100,13 @@ def build_module(cfg: Config, tokenizer, evaluator=None) -> tuple[OnlinePolicyMo
     retokenize = reward_inputs(tokenizer, members[0], cfg.reward.max_length)
     ids = (tokenizer.eos_token_id, tokenizer.pad_token_id)
     if cfg.ppo.algorithm != "ppo":
-        module = MODULES[cfg.ppo.algorithm](cfg.ppo, policy, ref, rewards, *ids, evaluate=evaluator,
-                                            reward_inputs=retokenize)  # fmt: skip
+        module = MODULES[cfg.ppo.algorithm](cfg.ppo, policy, ref, rewards, *ids, reward_inputs=retokenize)
         return module, adapter
     value = None
     if cfg.ppo.value_model == "separate":  # check_inputs made sure it reads the policy's tokens
         # Value model initialised from the reward model (Huang et al. 2024); head kept.
         value = load_frozen_reward(members[0]).train().requires_grad_(True)
-    module = PPOModule(cfg.ppo, policy, ref, rewards, value, *ids, evaluate=evaluator, reward_inputs=retokenize)
+    module = PPOModule(cfg.ppo, policy, ref, rewards, value, *ids, reward_inputs=retokenize)
     return module, adapter
 
 
@@ -203,8 +136,8 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     tokenizer = load_tokenizer(cfg.paths.sft)
     train_prompts, eval_prompts, pairs = check_inputs(cfg)
     # Everything that can refuse (the models too) comes before the first file or MLflow run is made.
-    evaluator = Evaluator(cfg, tokenizer, eval_prompts, logger=None)
-    module, adapter = build_module(cfg, tokenizer, evaluator)
+    evaluation = Evaluation(cfg, tokenizer, eval_prompts)
+    module, adapter = build_module(cfg, tokenizer)
 
     ckpt_dir = Path(cfg.paths.ppo) / ".checkpoints" / name / f"seed_{seed}"
     resume = resumable_checkpoint(ckpt_dir, _config_text(cfg))
@@ -213,7 +146,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     run_tags = {"ppo_run": name, "seed": str(seed), "reward_condition": Path(cfg.paths.reward).name, **(tags or {})}
     logger = mlflow_logger(cfg, "ppo", run_name=f"ppo-{name}-seed{seed}", tags=run_tags, run_id=run_id)
     run_id_file.write_text(logger.run_id + "\n")
-    evaluator.logger = logger
+    evaluation.logger = logger
     if pairs is not None:
         module.use_pairs(encode_pairs(tokenizer, pairs, cfg.ppo.max_new_tokens), seed=cfg.runtime.seed + seed)
     else:
@@ -223,7 +156,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     checkpoint = checkpoint_callback(ckpt_dir / "last.ckpt", cfg.ppo.checkpoint_every, cfg.ppo.iterations, steps)
     trainer = make_trainer(
         cfg.runtime, logger, max_steps=cfg.ppo.iterations * steps, max_epochs=-1,
-        log_every_n_steps=1, callbacks=[checkpoint, *(callbacks or [])],
+        log_every_n_steps=1, callbacks=[evaluation, checkpoint, *(callbacks or [])],
         # Seeds run side by side: one progress bar (the first seed's) for the stage, not one each.
         enable_progress_bar=seed == cfg.ppo.seeds[0],
     )  # fmt: skip
@@ -231,9 +164,11 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     iterations = DataLoader(TensorDataset(torch.arange(cfg.ppo.iterations)), batch_size=1,
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
     # weights_only: resuming unpickles tensors, containers and numbers only (unreadable_checkpoint probed it so).
+    start = time.perf_counter()
     trainer.fit(module, iterations, ckpt_path=str(resume) if resume else None, weights_only=True)
-    evaluator(module, iteration_of(module))  # the final evaluation (done already if the KL budget stopped it)
-    metrics = summary(module.history)
+    evaluation(module, iteration_of(module))  # the final evaluation (done already if the KL budget stopped it)
+    metrics = summary(evaluation.history)  # what the run reached: the same numbers when resumed
+    spent = cost(module, time.perf_counter() - start)  # what it cost: a measurement, kept apart
     if not trainer.is_global_zero:
         return metrics
     out.mkdir(parents=True, exist_ok=True)
@@ -242,11 +177,12 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     else:
         module.policy.save_pretrained(out / "policy")
         tokenizer.save_pretrained(out / "policy")
-    pd.DataFrame(module.history).to_csv(out / "eval_history.csv", index=False)
-    write_jsonl(out / "samples.jsonl", module.samples_history)
-    write_jsonl(out / "final_samples.jsonl", evaluator.last_rows)
+    pd.DataFrame(evaluation.history).to_csv(out / "eval_history.csv", index=False)
+    write_jsonl(out / "samples.jsonl", evaluation.samples_history)
+    write_jsonl(out / "final_samples.jsonl", evaluation.last_rows)
     write_json(out / "metrics.json", metrics)
     write_json(out / "run.json", describe_run(cfg))
+    write_json(out / "cost.json", spent)
     config_lib.save(cfg, out / "config.yaml")
     (out / "mlflow_run_id").write_text(logger.run_id + "\n")
     for artifact in ("eval_history.csv", "samples.jsonl", "metrics.json", "config.yaml"):
@@ -254,6 +190,16 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
+
+
+def cost(module: OnlinePolicyModule, seconds: float) -> dict:
+    """What the run cost (the optimisers' comparison, report §9): its wall time (this process's fit and
+    final evaluation), the responses it generated to train on (DPO/IPO: none, they read pairs), the
+    models it held (policy, reference, reward members, value model) and its peak resident memory."""
+    online = module.cfg.online
+    return {"wall_s": seconds, "responses_generated": iteration_of(module) * module.cfg.batch_size if online else 0,
+            "models_in_memory": len(module.models()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
 
 def describe_run(cfg: Config) -> dict:

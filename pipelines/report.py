@@ -72,6 +72,8 @@ def load_runs(ppo_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         meta["setting"] = path.parts[-3]
         meta["run"] = f"{meta['setting']}/seed_{meta['seed']}"
         metrics = json.loads((path / "metrics.json").read_text())
+        if (path / "cost.json").is_file():  # what the run cost (section 9)
+            metrics.update(json.loads((path / "cost.json").read_text()))
         final = read_jsonl(path / "final_samples.jsonl")
         texts = [r["response"] for r in final]
         runs.append({**meta, **metrics, "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),

@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import Callback
 from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config
 from rlhf_lab.data import write_json
+from rlhf_lab.engine.evaluation import Evaluation
 from rlhf_lab.gold import gold_kind
 from rlhf_lab.stage import create_parent_run, replacing_dir, stage_main, tracking_uri
 
@@ -42,15 +43,17 @@ class GoldPruning(Callback):
     """Reports each new evaluation's gold score to the trial and prunes it when Optuna says so.
 
     (optuna-integration's PyTorchLightningPruningCallback reports at validation end per epoch; PPO
-    evaluates inside its training loop every ``eval_every`` iterations, so this reads that history.)
+    evaluates inside its training loop every ``eval_every`` iterations, so this reads the history of
+    the run's :class:`~rlhf_lab.engine.evaluation.Evaluation` callback.)
     """
 
     def __init__(self, trial: optuna.Trial):
         self.trial, self.reported = trial, 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        while self.reported < len(module.history):
-            row = module.history[self.reported]
+        history = next(c for c in trainer.callbacks if isinstance(c, Evaluation)).history
+        while self.reported < len(history):
+            row = history[self.reported]
             self.reported += 1
             self.trial.report(row["gold"], step=row["step"])
             if self.trial.should_prune():

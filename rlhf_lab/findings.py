@@ -308,6 +308,13 @@ def frontier_runs(runs: pd.DataFrame, first: str) -> pd.DataFrame:
     return pd.concat(picked) if picked else pool
 
 
+def cost_columns(group: pd.DataFrame) -> dict:
+    """A setting's cost per run, mean over its seeds (where the runs recorded it)."""
+    columns = {"models_in_memory": "models held", "peak_rss_mb": "peak memory (MB)", "wall_s": "wall s / run",
+               "responses_generated": "responses generated"}  # fmt: skip
+    return {label: round(float(group[key].mean()), 1) for key, label in columns.items() if key in group}
+
+
 def frontier(runs: pd.DataFrame, hist: pd.DataFrame, first: str, alpha: float) -> tuple[pd.DataFrame, dict]:
     """Per optimiser: gold peak and KL at the peak (mean [95 % CI], n), the RL form fitted over its
     seeds (α, β with bootstrap CIs, R²), and its gold peak against PPO's (Welch; Holm over the
@@ -325,7 +332,7 @@ def frontier(runs: pd.DataFrame, hist: pd.DataFrame, first: str, alpha: float) -
                      "n": len(group), "gold peak [95 % CI]": fmt_interval(peak), "KL at peak [95 % CI]": fmt_interval(kl),
                      "fit α [CI]": f"{fit['alpha']:.3f} [{fit['alpha_ci'][0]:.3f}, {fit['alpha_ci'][1]:.3f}]",
                      "fit β [CI]": f"{fit['beta']:.3f} [{fit['beta_ci'][0]:.3f}, {fit['beta_ci'][1]:.3f}]",
-                     "fit R²": round(fit["r2"], 3)})  # fmt: skip
+                     "fit R²": round(fit["r2"], 3), **cost_columns(group)})  # fmt: skip
         metrics.update({f"frontier.{algorithm}.gold_peak.{k}": v for k, v in peak.to_dict().items()})
         metrics.update({f"frontier.{algorithm}.kl_at_peak.{k}": v for k, v in kl.to_dict().items()})
         metrics.update({f"frontier.{algorithm}.fit.{k}": fit[k] for k in ("alpha", "beta", "r2")})

@@ -39,10 +39,9 @@ class PPOModule(OnlinePolicyModule):
         value_model: torch.nn.Module | None,
         eos_token_id: int,
         pad_token_id: int,
-        evaluate: Callable[["PPOModule", int], None] | None = None,
         reward_inputs: Callable | None = None,
     ):
-        super().__init__(cfg, policy, ref_policy, reward_models, eos_token_id, pad_token_id, evaluate, reward_inputs)
+        super().__init__(cfg, policy, ref_policy, reward_models, eos_token_id, pad_token_id, reward_inputs)
         self.value_model = value_model
         self.value_head = None
         if cfg.value_model == "shared":

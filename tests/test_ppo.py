@@ -253,7 +253,8 @@ def test_compiled_loss_and_rollout_passes_match_eager():
     ppo = PPOConfig(value_model="shared", compile=True, max_new_tokens=6)
     module = PPOModule(ppo, policy, GPT2LMHeadModel(cfg), [TokenCountReward()], None, 3, 0)
     seq = torch.randint(4, 8, (4, 8))
-    args = (seq, torch.ones_like(seq), 2, seq[:, 2:], torch.randn(4, 6) - 2, torch.randn(4, 6),
+    # seq, seq mask, P, response ids, old and reference log-probs, advantages, mask, old values, returns
+    args = (seq, torch.ones_like(seq), 2, seq[:, 2:], torch.randn(4, 6) - 2, torch.randn(4, 6) - 2, torch.randn(4, 6),
             torch.ones(4, 6), torch.randn(4, 6), torch.randn(4, 6))
     eager_loss, eager_stats = module.minibatch_losses(*args)
     compiled_loss, compiled_stats = module._losses(*args)

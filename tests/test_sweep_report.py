@@ -14,6 +14,7 @@ import pytest
 
 from rlhf_lab import config as config_lib
 from pipelines.sweep import GoldPruning
+from rlhf_lab.engine.evaluation import Evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,10 +28,12 @@ def test_gold_pruning_prunes_a_trial_below_the_median():
         study.tell(trial, final)
     trial = study.ask()
     callback = GoldPruning(trial)
-    module = SimpleNamespace(history=[{"step": 0, "gold": 0.5}])
+    evaluation = Evaluation.__new__(Evaluation)  # only its history is read
+    evaluation.history = [{"step": 0, "gold": 0.5}]
+    trainer = SimpleNamespace(callbacks=[callback, evaluation])
     with pytest.raises(optuna.TrialPruned):
-        module.history.append({"step": 10, "gold": 0.1})
-        callback.on_train_batch_end(None, module, None, None, 0)
+        evaluation.history.append({"step": 10, "gold": 0.1})
+        callback.on_train_batch_end(trainer, None, None, None, 0)
     assert callback.reported == 2
 
 
@@ -162,6 +165,12 @@ def test_report_stage(experiment_cfg, experiment):
         assert (out / "plots" / name).is_file()
     # The frontier: every optimiser at its least-regularised setting, its numbers the runs' numbers.
     assert "9. Every optimiser on one gold" in page and "frontier.png" in str(list((out / "figures").iterdir()))
+    assert "models held" in page and "responses generated" in page  # what each optimiser costs
+    dpo_seed = json.loads((runs / "dpo01" / "seeds" / "seed_0" / "cost.json").read_text())
+    ppo_seed = json.loads((runs / "beta0" / "seeds" / "seed_0" / "cost.json").read_text())
+    steps = json.loads((runs / "beta0" / "seeds" / "seed_0" / "metrics.json").read_text())["steps"]
+    assert dpo_seed["responses_generated"] == 0 and ppo_seed["responses_generated"] == steps * 16
+    assert ppo_seed["models_in_memory"] == dpo_seed["models_in_memory"] + 1  # PPO's value model
     for algorithm, setting in (("ppo", "beta0"), ("rloo", "rloo0"), ("grpo", "grpo0"), ("dpo", "dpo01"), ("ipo", "ipo05")):
         peaks = [json.loads((runs / setting / "seeds" / f"seed_{s}" / "metrics.json").read_text())["gold_peak"] for s in (0, 1)]
         assert saved[f"frontier.{algorithm}.gold_peak.mean"] == pytest.approx(sum(peaks) / 2)

@@ -86,7 +86,6 @@ class OnlinePolicyModule(pl.LightningModule):
         reward_models: list[torch.nn.Module],
         eos_token_id: int,
         pad_token_id: int,
-        evaluate: Callable[["OnlinePolicyModule", int], None] | None = None,
         reward_inputs: Callable | None = None,
     ):
         """``ref_policy`` None: the policy carries LoRA adapters and its base weights are the reference.
@@ -102,9 +101,6 @@ class OnlinePolicyModule(pl.LightningModule):
         self.reward_inputs = reward_inputs
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.kl_ctl = make_kl_controller(cfg)
-        self.evaluate_fn = evaluate
-        self.history: list[dict] = []  # evaluation rows; saved in checkpoints
-        self.samples_history: list[dict] = []
         self.prompts: tuple[torch.Tensor, torch.Tensor] | None = None  # left-padded training prompts
         self.schedule_seed = 0
         self.schedule: list[torch.Tensor] | None = None  # each iteration's prompt indices (on_fit_start)
@@ -281,22 +277,16 @@ class OnlinePolicyModule(pl.LightningModule):
         return self.prompts[0][idx].to(self.device), self.prompts[1][idx].to(self.device)
 
     def begin_iteration(self, iteration: int) -> bool:
-        """Restore a resumed run's random state and unlogged metrics, evaluate when it is time; False
-        when the run ends here (its KL budget reached), before this iteration's update."""
+        """Restore a resumed run's random state and unlogged metrics; False when the run ends here."""
         if self._resumed_rng is not None:  # continue the random streams exactly where the checkpoint left them
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
         if self._unlogged is not None and self.logger is not None:  # a continued run skips steps it has
             self.logger.log_metrics(self._unlogged["metrics"], step=self._unlogged["step"])
             self._unlogged = None
-        if self.evaluate_fn is not None and iteration % self.cfg.eval_every == 0:
-            self.evaluate_fn(self, iteration)
-            if kl_budget_reached(self.history, self.cfg.kl_budget):
-                # A distance budget, not an iteration one: the run ends at the evaluation that first
-                # reaches it, before this iteration's update (every rank evaluates alike, so all stop).
-                self.trainer.should_stop = True
-                return False
-        return True
+        # The evaluation callback (rlhf_lab/engine/evaluation.py) ran before this step; when it found
+        # the run's KL budget reached, the run ends here, before this iteration's update.
+        return not self.trainer.should_stop
 
     def training_step(self, batch, batch_idx):
         iteration = iteration_of(self)
@@ -351,15 +341,12 @@ class OnlinePolicyModule(pl.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(("ref_policy.", "reward_models."))]:
             del state[key]  # frozen: rebuilt from their own folders on resume
-        checkpoint["ppo_state"] = {
-            "beta": self.kl_ctl.value, "history": self.history, "samples_history": self.samples_history,
-            "rng": rng_state(), "last_logged": self.last_logged,
-        }  # fmt: skip
+        # (The evaluation history is the evaluation callback's state, saved beside this.)
+        checkpoint["ppo_state"] = {"beta": self.kl_ctl.value, "rng": rng_state(), "last_logged": self.last_logged}
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint["ppo_state"]
         self.kl_ctl.value = state["beta"]
-        self.history, self.samples_history = state["history"], state["samples_history"]
         self._resumed_rng = state.get("rng")
         self._unlogged = state.get("last_logged")
 
