@@ -61,11 +61,13 @@ from rlhf_lab.stats import Difference, t_interval
 
 
 # ------------------------------------------------------------------------------------------ loading
-def load_runs(ppo_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_runs(ppo_dir: Path, settings=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per PPO run: setting, condition, beta, objective, adaptive, seed, metrics…; the eval
     history of every run). A setting is one ``ppo_runs`` entry; it has one run per seed."""
     runs, histories = [], []
     seed_dirs = sorted(ppo_dir.glob("*/seeds/seed_*"), key=lambda p: (p.parts[-3], int(p.name.split("_")[1])))
+    if settings:  # only this params file's settings: folders another params file left are not its runs
+        seed_dirs = [p for p in seed_dirs if p.parts[-3] in settings]
     for path in (p for p in seed_dirs if (p / "eval_history.csv").is_file()):
         meta = {k: v for k, v in json.loads((path / "run.json").read_text()).items()
                 if k in ("algorithm", "condition", "objective", "beta", "adaptive", "seed")}  # fmt: skip
@@ -154,7 +156,7 @@ def proxy_only_report(cfg: Config, runs: pd.DataFrame, hist: pd.DataFrame, rewar
 
 def run(cfg: Config) -> dict:
     ppo_dir, r = Path(cfg.paths.ppo), cfg.report
-    runs, hist = load_runs(ppo_dir)
+    runs, hist = load_runs(ppo_dir, set(cfg.ppo_runs))
     conditions = list(cfg.reward_conditions)
     first = conditions[0]
     reward_metrics = {c: json.loads((Path(cfg.for_condition(c).paths.reward) / "metrics.json").read_text())
