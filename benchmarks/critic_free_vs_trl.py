@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
 from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule
-from rlhf_lab.stage import apply_runtime, configure_environment, make_trainer
+from rlhf_lab.runtime.stage import apply_runtime, configure_environment, make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {"grpo": GRPOModule, "rloo": RLOOModule}

@@ -7,7 +7,7 @@ data, SFT policy and clean reward ensemble (run ``dvc repro reward@clean`` first
 
 - sequential: ``runtime.parallel_runs: 1``, the seeds one after another, all cores each;
 - parallel: ``runtime.parallel_runs: 0`` (auto), the seeds side by side in forked workers, the
-  cores shared out (rlhf_lab/parallel.py).
+  cores shared out (rlhf_lab/runtime/parallel.py).
 
 The two sides alternate ``--repeats`` times (this machine's speed drifts over minutes) and the
 figures are medians. The last line printed is JSON with ``sequential_runs_per_hour``,

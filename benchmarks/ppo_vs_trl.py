@@ -24,8 +24,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
-from rlhf_lab.ppo import PPOModule
-from rlhf_lab.stage import apply_runtime, configure_environment, make_trainer
+from rlhf_lab.engine.ppo_module import PPOModule
+from rlhf_lab.runtime.stage import apply_runtime, configure_environment, make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,16 +21,22 @@ import pandas as pd
 import torch
 
 from rlhf_lab import config as config_lib
-from rlhf_lab.best_of_n import expected_best_of_n, kl_best_of_n_bound, kl_best_of_n_exact
+from rlhf_lab.algorithms.best_of_n import expected_best_of_n, kl_best_of_n_bound, kl_best_of_n_exact
+from rlhf_lab.analysis.stats import bootstrap_mean_interval
 from rlhf_lab.config import Config
-from rlhf_lab.data import read_texts, write_json
-from rlhf_lab.ensemble import OBJECTIVES, aggregate
-from rlhf_lab.generation import decode_responses, left_pad, sample
-from rlhf_lab.gold import gold_reward
-from rlhf_lab.models import load_causal_lm, load_tokenizer, use_fast_kernels
-from rlhf_lab.reward_model import last_token_scores, load_frozen_reward, member_paths, normalised, reward_inputs
-from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
-from rlhf_lab.stats import bootstrap_mean_interval
+from rlhf_lab.data.files import read_texts, write_json
+from rlhf_lab.models.generation import decode_responses, left_pad, sample
+from rlhf_lab.models.loading import load_causal_lm, load_tokenizer, use_fast_kernels
+from rlhf_lab.rewards.ensemble import OBJECTIVES, aggregate
+from rlhf_lab.rewards.gold import gold_reward
+from rlhf_lab.rewards.reward_model import (
+    last_token_scores,
+    load_frozen_reward,
+    member_paths,
+    normalised,
+    reward_inputs,
+)
+from rlhf_lab.runtime.stage import apply_runtime, replacing_dir, stage_main
 
 
 def powers_of_two(max_n: int) -> list[int]:

@@ -1,6 +1,6 @@
 """Data stage: demonstrations, prompts and a tokenizer, from the built-in task or any dataset.
 
-Your own data comes through ``rlhf_lab/dataset_io.py`` (files, ``save_to_disk`` folders, hub names;
+Your own data comes through ``rlhf_lab/data/layouts.py`` (files, ``save_to_disk`` folders, hub names;
 every TRL layout; conversations rendered with the policy tokenizer's chat template).
 Outputs (``paths.data``): ``train.jsonl``/``val.jsonl`` ({"text"}, or {"prompt", "completion"} when
 the loss is on completions only), ``prompts_train.jsonl``/``prompts_eval.jsonl`` ({"prompt"}),
@@ -15,11 +15,11 @@ import numpy as np
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config
-from rlhf_lab.data import write_json, write_jsonl
-from rlhf_lab.dataset_io import Demonstration, Rows
-from rlhf_lab.gold import gold_reward
-from rlhf_lab.models import load_tokenizer, train_word_tokenizer
-from rlhf_lab.stage import replacing_dir, stage_main
+from rlhf_lab.data.files import write_json, write_jsonl
+from rlhf_lab.data.layouts import Demonstration, Rows
+from rlhf_lab.models.loading import load_tokenizer, train_word_tokenizer
+from rlhf_lab.rewards.gold import gold_reward
+from rlhf_lab.runtime.stage import replacing_dir, stage_main
 from rlhf_lab.task import grammar, is_builtin
 
 

@@ -2,7 +2,7 @@
 
 ``python -m pipelines.ppo [--run-name NAME]``: NAME picks an entry of ``ppo_runs`` in params.yaml (its keys
 override the ``ppo`` section); without it the ``ppo`` section runs as it is, named ``ppo.run_name``.
-The setting runs once per seed of ``ppo.seeds``, the seeds side by side (rlhf_lab/parallel.py).
+The setting runs once per seed of ``ppo.seeds``, the seeds side by side (rlhf_lab/runtime/parallel.py).
 
 Outputs (``paths.ppo``/NAME/seeds/seed_<s>, one folder per seed): ``policy/`` (save_pretrained),
 ``eval_history.csv`` (step, kl, gold, proxy, proxy_<k>, ...), ``samples.jsonl`` (a few texts per
@@ -28,19 +28,20 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
-from rlhf_lab import parallel
+from rlhf_lab.analysis.stats import bootstrap_mean_interval, t_interval
 from rlhf_lab.config import Config, ConfigError, UserError
-from rlhf_lab.data import read_texts, write_json, write_jsonl
-from rlhf_lab.generation import left_pad
-from rlhf_lab.lora import add_lora, save_adapter_and_merged
-from rlhf_lab.models import load_causal_lm, load_tokenizer, prepare_for_training
-from rlhf_lab.reward_model import load_frozen_reward, member_paths, reward_inputs
+from rlhf_lab.data.files import read_texts, write_json, write_jsonl
 from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule
 from rlhf_lab.engine.direct import DirectAlignmentModule, encode_pairs
 from rlhf_lab.engine.evaluation import Evaluation
 from rlhf_lab.engine.online import OnlinePolicyModule
-from rlhf_lab.ppo import PPOModule, iteration_of, optimizer_steps_per_iteration
-from rlhf_lab.stage import (
+from rlhf_lab.engine.ppo_module import PPOModule, iteration_of, optimizer_steps_per_iteration
+from rlhf_lab.models.generation import left_pad
+from rlhf_lab.models.loading import load_causal_lm, load_tokenizer, prepare_for_training
+from rlhf_lab.models.lora import add_lora, save_adapter_and_merged
+from rlhf_lab.rewards.reward_model import load_frozen_reward, member_paths, reward_inputs
+from rlhf_lab.runtime import parallel
+from rlhf_lab.runtime.stage import (
     apply_runtime,
     checkpoint_callback,
     make_trainer,
@@ -50,7 +51,6 @@ from rlhf_lab.stage import (
     stage_main,
     unreadable_checkpoint,
 )
-from rlhf_lab.stats import bootstrap_mean_interval, t_interval
 
 
 def check_inputs(cfg: Config) -> tuple[list[str], list[str], list[dict] | None]:

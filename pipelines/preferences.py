@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from rlhf_lab import config as config_lib
+from rlhf_lab.algorithms.bradley_terry import label_pairs
 from rlhf_lab.config import Config, ConfigError
-from rlhf_lab.data import read_texts, write_json, write_jsonl
-from rlhf_lab.generation import decode_responses, left_pad, sample
-from rlhf_lab.gold import gold_reward
-from rlhf_lab.models import load_causal_lm, load_tokenizer
-from rlhf_lab.preference import label_pairs
-from rlhf_lab.stage import apply_runtime, replacing_dir, stage_main
+from rlhf_lab.data.files import read_texts, write_json, write_jsonl
+from rlhf_lab.models.generation import decode_responses, left_pad, sample
+from rlhf_lab.models.loading import load_causal_lm, load_tokenizer
+from rlhf_lab.rewards.gold import gold_reward
+from rlhf_lab.runtime.stage import apply_runtime, replacing_dir, stage_main
 
 
 def sample_responses(cfg: Config, model, tokenizer, prompts: list[str], seed: int, batch_size: int = 512):

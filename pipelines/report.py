@@ -16,22 +16,29 @@ import numpy as np
 import pandas as pd
 
 from rlhf_lab import config as config_lib
-from rlhf_lab.analysis import distinct_n
-from rlhf_lab.comparisons import comparison_table, ensemble_comparison, fmt_interval, member_agreement, seed_band
-from rlhf_lab.config import Config, UserError
-from rlhf_lab.data import read_jsonl, write_json
-from rlhf_lab.findings import (
+from rlhf_lab.analysis.comparisons import (
+    comparison_table,
+    ensemble_comparison,
+    fmt_interval,
+    member_agreement,
+    seed_band,
+)
+from rlhf_lab.analysis.findings import (
     add_endpoints,
     ensemble_table,
     family_metrics,
-    overoptimisation_counts,
-    primary_family,
-    replication,
     frontier,
     frontier_runs,
+    overoptimisation_counts,
     overoptimisation_fits,
+    primary_family,
+    replication,
     zero_beta,
 )
+from rlhf_lab.analysis.fits import distinct_n
+from rlhf_lab.analysis.stats import Difference, t_interval
+from rlhf_lab.config import Config, UserError
+from rlhf_lab.data.files import read_jsonl, write_json
 from rlhf_lab.report.figures import (
     beta_ablation,
     draw_bands,
@@ -56,8 +63,7 @@ from rlhf_lab.report.page import (
     table,
     training_table,
 )
-from rlhf_lab.stage import replacing_dir, stage_main
-from rlhf_lab.stats import Difference, t_interval
+from rlhf_lab.runtime.stage import replacing_dir, stage_main
 
 
 # ------------------------------------------------------------------------------------------ loading

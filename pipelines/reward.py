@@ -19,12 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
-from rlhf_lab.config import Config
-from rlhf_lab.data import DataError, read_jsonl, write_json
-from rlhf_lab.dataset_io import Rows, join_text
-from rlhf_lab.lora import add_lora
-from rlhf_lab.models import encode_texts, load_tokenizer, prepare_for_training
-from rlhf_lab.preference import (
+from rlhf_lab.algorithms.bradley_terry import (
     calibration_bins,
     expected_calibration_error,
     normalisation,
@@ -33,8 +28,13 @@ from rlhf_lab.preference import (
     sigmoid,
     spearman,
 )
-from rlhf_lab.reward_model import RewardModule, load_reward_backbone, score_texts
-from rlhf_lab.stage import (
+from rlhf_lab.config import Config
+from rlhf_lab.data.files import DataError, read_jsonl, write_json
+from rlhf_lab.data.layouts import Rows, join_text
+from rlhf_lab.models.loading import encode_texts, load_tokenizer, prepare_for_training
+from rlhf_lab.models.lora import add_lora
+from rlhf_lab.rewards.reward_model import RewardModule, load_reward_backbone, score_texts
+from rlhf_lab.runtime.stage import (
     apply_runtime,
     create_parent_run,
     make_trainer,

@@ -15,13 +15,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config
-from rlhf_lab.data import DataError, read_jsonl, read_texts, write_json, write_jsonl
-from rlhf_lab.generation import decode_responses, left_pad, sample
-from rlhf_lab.gold import gold_reward
-from rlhf_lab.lora import add_lora, save_adapter_and_merged
-from rlhf_lab.models import build_policy, encode_completions, encode_texts, load_tokenizer, prepare_for_training
-from rlhf_lab.sft import CausalLMModule
-from rlhf_lab.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
+from rlhf_lab.data.files import DataError, read_jsonl, read_texts, write_json, write_jsonl
+from rlhf_lab.engine.sft_module import CausalLMModule
+from rlhf_lab.models.generation import decode_responses, left_pad, sample
+from rlhf_lab.models.loading import (
+    build_policy,
+    encode_completions,
+    encode_texts,
+    load_tokenizer,
+    prepare_for_training,
+)
+from rlhf_lab.models.lora import add_lora, save_adapter_and_merged
+from rlhf_lab.rewards.gold import gold_reward
+from rlhf_lab.runtime.stage import apply_runtime, make_trainer, mlflow_logger, replacing_dir, stage_main
 
 
 def generate_samples(cfg: Config, model, tokenizer, prompts: list[str], seed: int) -> list[dict]:

@@ -33,10 +33,10 @@ from lightning.pytorch.callbacks import Callback
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.config import Config
-from rlhf_lab.data import write_json
+from rlhf_lab.data.files import write_json
 from rlhf_lab.engine.evaluation import Evaluation
-from rlhf_lab.gold import gold_kind
-from rlhf_lab.stage import create_parent_run, replacing_dir, stage_main, tracking_uri
+from rlhf_lab.rewards.gold import gold_kind
+from rlhf_lab.runtime.stage import create_parent_run, replacing_dir, stage_main, tracking_uri
 
 
 class GoldPruning(Callback):

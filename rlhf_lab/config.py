@@ -52,7 +52,7 @@ def seed_list(seeds, name: str) -> tuple[int, ...]:
 
 
 def _check_dataset(value: Any, name: str) -> None:
-    """A dataset param: a path or hub name, or a mapping of path, split and subset (rlhf_lab/dataset_io.py)."""
+    """A dataset param: a path or hub name, or a mapping of path, split and subset (rlhf_lab/data/layouts.py)."""
     if isinstance(value, str):
         _check(bool(value), name, "expected a path or dataset name")
         return
@@ -111,7 +111,7 @@ class RuntimeConfig:
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | 16-mixed ...
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     # Independent runs (a PPO setting's seeds) done at once in forked workers;
-    # 0 = auto: all of them on one CPU device, one at a time on accelerators (rlhf_lab/parallel.py).
+    # 0 = auto: all of them on one CPU device, one at a time on accelerators (rlhf_lab/runtime/parallel.py).
     parallel_runs: int = 0
 
     def __post_init__(self):
@@ -143,7 +143,7 @@ class TaskConfig:
     grammar_weight: float = 2.0
     repetition_weight: float = 1.0
     no_eos_penalty: float = 1.0
-    # The gold reward (rlhf_lab/gold.py): builtin | none | a sequence-classification model (path or
+    # The gold reward (rlhf_lab/rewards/gold.py): builtin | none | a sequence-classification model (path or
     # hub name) | module:function. None: builtin with the built-in data, none with your own.
     gold: Optional[str] = None
     gold_label: int | str | None = None  # a gold model's logit (index or label name); None: its only one
@@ -163,7 +163,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Demonstrations and prompts: the built-in task, or any dataset (rlhf_lab/dataset_io.py)."""
+    """Demonstrations and prompts: the built-in task, or any dataset (rlhf_lab/data/layouts.py)."""
 
     # "builtin", or a dataset: a .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a hub
     # name, or a mapping {path, split, subset}; any TRL layout with completions.
@@ -325,7 +325,7 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     value_model: Literal["separate", "shared"] = "separate"  # separate: init from reward member 0
     compile: bool = False  # torch.compile the update, the frozen rollout passes and the decoding step
-    # The attention kernel of the four models and of best-of-n (see rlhf_lab/attention.py): auto =
+    # The attention kernel of the four models and of best-of-n (see rlhf_lab/models/attention.py): auto =
     # bmm on CPU, the models' own (sdpa) on GPUs; or any transformers attn_implementation.
     attention: Literal[
         "auto", "bmm", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"

@@ -1,7 +1,7 @@
 """Print the MLflow UI address of params.yaml's experiment runs table (used by `make mlflow-ui`)."""
 
 from rlhf_lab import config
-from rlhf_lab.stage import configure_environment, runs_page_url
+from rlhf_lab.runtime.stage import configure_environment, runs_page_url
 
 if __name__ == "__main__":
     configure_environment()

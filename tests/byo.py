@@ -23,7 +23,7 @@ def review_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def word_tokenizer(texts: list[str], chat_template: str | None = None):
-    from rlhf_lab.models import train_word_tokenizer
+    from rlhf_lab.models.loading import train_word_tokenizer
 
     tokenizer = train_word_tokenizer(texts + [" ".join(ROLE_WORDS)])
     if chat_template:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from rlhf_lab.config import Config
-from rlhf_lab.stage import configure_environment
+from rlhf_lab.runtime.stage import configure_environment
 
 configure_environment()
 os.environ.setdefault("GIT_AUTHOR_NAME", "rlhf-lab tests")

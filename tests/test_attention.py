@@ -12,11 +12,11 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from rlhf_lab.attention import bmm_attention, resolve_attention, use_attention
 from rlhf_lab.config import PPOConfig, RuntimeConfig, UserError
-from rlhf_lab.generation import next_token_logits, position_ids, sample
-from rlhf_lab.ppo import PPOModule
-from rlhf_lab.stage import make_trainer
+from rlhf_lab.engine.ppo_module import PPOModule
+from rlhf_lab.models.attention import bmm_attention, resolve_attention, use_attention
+from rlhf_lab.models.generation import next_token_logits, position_ids, sample
+from rlhf_lab.runtime.stage import make_trainer
 
 
 def gpt2():

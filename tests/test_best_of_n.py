@@ -6,8 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_lab.analysis import distinct_n, fit_gao, gao_bon, gao_rl
-from rlhf_lab.best_of_n import expected_best_of_n, kl_best_of_n_bound, kl_best_of_n_exact, selection_weights
+from rlhf_lab.algorithms.best_of_n import (
+    expected_best_of_n,
+    kl_best_of_n_bound,
+    kl_best_of_n_exact,
+    selection_weights,
+)
+from rlhf_lab.analysis.fits import distinct_n, fit_gao, gao_bon, gao_rl
 
 
 def brute_force(proxy, outcome, n):

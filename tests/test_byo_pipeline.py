@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf_lab.data import read_jsonl
+from rlhf_lab.data.files import read_jsonl
 from tests.byo import (
     layout_rows,
     review_pairs,
@@ -86,8 +86,8 @@ def test_sft_learns_the_completions_and_saves_adapter_and_merged_weights(gold_mo
     from transformers import AutoModelForCausalLM
 
     from pipelines.sft import loader, read_demonstrations
-    from rlhf_lab.models import load_tokenizer
-    from rlhf_lab.sft import CausalLMModule
+    from rlhf_lab.engine.sft_module import CausalLMModule
+    from rlhf_lab.models.loading import load_tokenizer
 
     cfg, _ = gold_model_pipeline
     sft = Path(cfg.paths.sft)
@@ -171,8 +171,8 @@ def test_without_gold_every_stage_runs_and_the_report_says_so(no_gold_pipeline):
 def test_a_value_model_that_cannot_read_the_policy_tokens_is_refused(gold_model_pipeline):
     from pipelines.ppo import check_inputs
     from rlhf_lab.config import ConfigError
-    from rlhf_lab.models import load_tokenizer
-    from rlhf_lab.reward_model import same_vocabulary
+    from rlhf_lab.models.loading import load_tokenizer
+    from rlhf_lab.rewards.reward_model import same_vocabulary
 
     cfg, _ = gold_model_pipeline
     policy_tokenizer = load_tokenizer(cfg.paths.sft)

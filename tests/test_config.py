@@ -100,7 +100,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_stage_cli_prints_one_line_error_without_traceback(tmp_path, monkeypatch, capsys):
-    from rlhf_lab.stage import stage_main
+    from rlhf_lab.runtime.stage import stage_main
 
     path = write(tmp_path, "sft:\n  batch_size: -3\n")
     monkeypatch.setattr(sys, "argv", ["stage", "--params", str(path)])
@@ -115,7 +115,7 @@ def test_stage_cli_prints_one_line_error_without_traceback(tmp_path, monkeypatch
 
 
 def test_replacing_dir_keeps_old_output_on_failure_and_merges(tmp_path):
-    from rlhf_lab.stage import replacing_dir
+    from rlhf_lab.runtime.stage import replacing_dir
 
     out = tmp_path / "out"
     out.mkdir()

@@ -6,7 +6,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
 from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule
-from rlhf_lab.stage import make_trainer
+from rlhf_lab.runtime.stage import make_trainer
 from tests.test_ppo import History, TokenCountReward
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_lab.dataset_io import DataError, Rows, join_text, shared_prefix
+from rlhf_lab.data.layouts import DataError, Rows, join_text, shared_prefix
 from tests.byo import CHAT_TEMPLATE, layout_rows, review_pairs, word_tokenizer, write_dataset
 
 PAIRS = review_pairs(12)

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_lab.analysis import gao_rl, rl_fits, run_endpoints, values_on_d_grid
-from rlhf_lab.stats import (
+from rlhf_lab.analysis.fits import gao_rl, rl_fits, run_endpoints, values_on_d_grid
+from rlhf_lab.analysis.stats import (
     holm,
     leave_one_seed_out,
     minimum_detectable_difference,
@@ -121,7 +121,7 @@ def synthetic_runs():
 def test_the_primary_family_is_one_endpoint_per_question_under_holm():
     import pandas as pd
 
-    from rlhf_lab.findings import primary_family
+    from rlhf_lab.analysis.findings import primary_family
 
     bon = pd.DataFrame([{"condition": "clean", "objective": o, "n": 64, "prompt": i, "gold": g}
                         for o, golds in (("single", [0, 0, 0, 0]), ("mean", [0.1, 0.2, 0.3, 0.4]))
@@ -143,7 +143,7 @@ def test_the_primary_family_is_one_endpoint_per_question_under_holm():
 def test_replication_sets_each_verdict_from_each_seed_set_alone():
     import pandas as pd
 
-    from rlhf_lab.findings import replication
+    from rlhf_lab.analysis.findings import replication
 
     runs = synthetic_runs()
     later = runs.assign(seed=runs["seed"] + 3)

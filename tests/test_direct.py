@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from rlhf_lab.config import PPOConfig, RuntimeConfig
 from rlhf_lab.engine.direct import DirectAlignmentModule
-from rlhf_lab.stage import make_trainer
+from rlhf_lab.runtime.stage import make_trainer
 from tests.test_ppo import TokenCountReward
 
 

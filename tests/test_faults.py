@@ -121,7 +121,7 @@ def test_a_stage_stopped_from_outside_marks_its_runs_killed(tiny_cfg, tmp_path, 
 def test_the_mlflow_ui_address_opens_on_the_runs_table(tiny_cfg):
     from mlflow import MlflowClient
 
-    from rlhf_lab.stage import runs_page_url
+    from rlhf_lab.runtime.stage import runs_page_url
 
     url = runs_page_url(tiny_cfg)
     experiment = MlflowClient(tiny_cfg.tracking.tracking_uri).get_experiment_by_name(tiny_cfg.tracking.experiment)
@@ -132,7 +132,7 @@ def test_the_console_drops_known_benign_lines_and_keeps_real_warnings(caplog):
     import logging
     import warnings
 
-    from rlhf_lab.stage import configure_environment
+    from rlhf_lab.runtime.stage import configure_environment
 
     configure_environment()
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -142,7 +142,7 @@ def test_the_console_drops_known_benign_lines_and_keeps_real_warnings(caplog):
         logger.info("Something the user should read")
     assert [r.getMessage() for r in caplog.records] == ["Something the user should read"]
     with warnings.catch_warnings(record=True) as seen:
-        from rlhf_lab.stage import quiet_console
+        from rlhf_lab.runtime.stage import quiet_console
 
         warnings.simplefilter("always")
         quiet_console()  # its filters go in front of "always"

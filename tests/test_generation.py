@@ -1,7 +1,7 @@
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from rlhf_lab.generation import next_token_logits, position_ids, response_mask_from_ids, sample
+from rlhf_lab.models.generation import next_token_logits, position_ids, response_mask_from_ids, sample
 
 
 def tiny_lm(vocab=20, seed=0):
@@ -59,7 +59,7 @@ def test_sampling_stops_and_pads_after_eos():
 
 
 def test_categorical_sampler_matches_the_distribution_and_skips_zero_mass():
-    from rlhf_lab.generation import sample_categorical
+    from rlhf_lab.models.generation import sample_categorical
 
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlhf_lab.config import Config, ConfigError, UserError
-from rlhf_lab.gold import gold_kind, gold_reward
+from rlhf_lab.rewards.gold import gold_kind, gold_reward
 from tests.byo import review_pairs, save_tiny_gold
 
 PROMPTS, RESPONSES = ["the food", "the staff"], ["was great", "was rude and cold"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab.config import PPOConfig
-from rlhf_lab.lora import adapters_disabled, add_lora
-from rlhf_lab.ppo import PPOModule
-from rlhf_lab.reward_model import Retokenizer, last_token_scores, same_vocabulary, score_texts
+from rlhf_lab.engine.ppo_module import PPOModule
+from rlhf_lab.models.lora import adapters_disabled, add_lora
+from rlhf_lab.rewards.reward_model import Retokenizer, last_token_scores, same_vocabulary, score_texts
 from tests.byo import other_word_tokenizer, word_tokenizer
 
 TEXTS = ["the food was great", "the staff was rude and cold", "a film was dull"]
@@ -49,7 +49,7 @@ def test_the_lora_reference_is_the_base_model_and_the_policy_moves_away_from_it(
 
 
 def test_reward_models_of_another_tokenizer_score_the_decoded_text():
-    from rlhf_lab.generation import left_pad
+    from rlhf_lab.models.generation import left_pad
 
     words = sorted(set(" ".join(TEXTS).split()))
     policy_tokenizer = word_tokenizer(words)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_lab import parallel
 from rlhf_lab.config import RuntimeConfig, UserError
+from rlhf_lab.runtime import parallel
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(fork_safe):
 
 def test_after_torch_work_forking_is_no_longer_safe():
     # A fresh process, as a stage's: this test session's own thread pool is already running.
-    code = ("from rlhf_lab import parallel; import torch; parallel.mark_fork_safe(); assert parallel.fork_is_safe(); "
+    code = ("from rlhf_lab.runtime import parallel; import torch; parallel.mark_fork_safe(); assert parallel.fork_is_safe(); "
             "torch.randn(1000, 1000) @ torch.randn(1000, 1000); assert not parallel.fork_is_safe()")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -85,7 +85,7 @@ def test_after_torch_work_forking_is_no_longer_safe():
 def test_preloading_the_tracking_client_keeps_forking_safe(tmp_path):
     # The PPO stage imports MLflow before forking its seeds (after its own imports, as marked by
     # stage_main); opening a store starts no thread either.
-    code = ("import pipelines.ppo; from rlhf_lab import parallel, stage; parallel.mark_fork_safe(); stage.preload_tracking(); "
+    code = ("import pipelines.ppo; from rlhf_lab.runtime import parallel, stage; parallel.mark_fork_safe(); stage.preload_tracking(); "
             f"import mlflow; mlflow.MlflowClient('sqlite:///{tmp_path / 'm.db'}').search_experiments(); "
             "assert parallel.fork_is_safe()")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -99,7 +99,7 @@ def test_an_unmarked_process_never_forks(monkeypatch):
 
 
 def test_a_stage_called_inside_another_program_does_not_mark_it(tmp_path, monkeypatch):
-    from rlhf_lab.stage import stage_main
+    from rlhf_lab.runtime.stage import stage_main
 
     monkeypatch.setattr(parallel, "_fork_safe_threads", None)
     (tmp_path / "params.yaml").write_text("")
@@ -116,7 +116,7 @@ def sleep_long(x):
 
 def test_workers_die_with_a_killed_stage_process(tmp_path):
     # A stage process (marked, forking) is killed with SIGKILL mid-run: its workers must not live on.
-    code = ("import os, sys; sys.path.insert(0, os.getcwd()); from rlhf_lab import parallel; "
+    code = ("import os, sys; sys.path.insert(0, os.getcwd()); from rlhf_lab.runtime import parallel; "
             "from tests.test_parallel import sleep_long; parallel.mark_fork_safe(); "
             "parallel.run_side_by_side(sleep_long, [1, 2], parallel.Plan(2, 1))")  # fmt: skip
     stage = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])

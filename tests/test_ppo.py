@@ -13,11 +13,11 @@ from lightning.pytorch.callbacks import Callback
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf_lab import config as config_lib
-from rlhf_lab import ppo_math as pm
+from rlhf_lab.algorithms import ppo as pm
 from rlhf_lab.config import PPOConfig, RuntimeConfig
-from rlhf_lab.generation import position_ids, sample
-from rlhf_lab.ppo import PPOModule, response_logits
-from rlhf_lab.stage import make_trainer
+from rlhf_lab.engine.ppo_module import PPOModule, response_logits
+from rlhf_lab.models.generation import position_ids, sample
+from rlhf_lab.runtime.stage import make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 5  # the toy reward counts this token
@@ -220,7 +220,7 @@ def test_a_damaged_checkpoint_warns_and_starts_over(ppo_cfg, tmp_path, capsys):
 
 
 def test_checkpoints_are_written_aside_and_renamed(tmp_path):
-    from rlhf_lab.stage import checkpoint_callback
+    from rlhf_lab.runtime.stage import checkpoint_callback
 
     saved = []
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf_lab import ppo_math as pm
+from rlhf_lab.algorithms import ppo as pm
 
 
 def naive_gae(rewards, values, mask, gamma, lam):
@@ -142,7 +142,7 @@ def test_explained_variance():
 def test_fused_gelu_is_the_same_function():
     from transformers.activations import NewGELUActivation
 
-    from rlhf_lab.models import fuse_tanh_gelu
+    from rlhf_lab.models.loading import fuse_tanh_gelu
 
     x = torch.linspace(-6, 6, 1001)
     holder = torch.nn.Sequential(NewGELUActivation())
@@ -153,7 +153,7 @@ def test_fused_gelu_is_the_same_function():
 
 
 def test_non_finite_loss_stops_with_a_clear_error():
-    from rlhf_lab.sft import NonFiniteLossError, check_finite
+    from rlhf_lab.engine.sft_module import NonFiniteLossError, check_finite
 
     check_finite(torch.tensor(1.0), "here")
     with pytest.raises(NonFiniteLossError, match="ppo iteration 7: loss is nan; lower the learning rate"):

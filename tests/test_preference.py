@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_lab.ensemble import aggregate, disagreement
-from rlhf_lab.preference import (
+from rlhf_lab.algorithms.bradley_terry import (
     bradley_terry_loss,
     expected_calibration_error,
     label_pairs,
@@ -16,6 +15,7 @@ from rlhf_lab.preference import (
     preference_log_loss,
     preference_probability,
 )
+from rlhf_lab.rewards.ensemble import aggregate, disagreement
 
 
 def test_bradley_terry_loss_and_gradient_by_hand():

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_lab.data import DataError, read_jsonl
-from rlhf_lab.models import encode_texts
-from rlhf_lab.reward_model import last_token_scores
+from rlhf_lab.data.files import DataError, read_jsonl
+from rlhf_lab.models.loading import encode_texts
+from rlhf_lab.rewards.reward_model import last_token_scores
 
 
 def test_preference_pairs_follow_the_convention(tiny_cfg, preferences_stage):

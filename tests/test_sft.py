@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from rlhf_lab.data import DataError, read_jsonl
-from rlhf_lab.models import encode_texts, train_word_tokenizer
+from rlhf_lab.data.files import DataError, read_jsonl
+from rlhf_lab.models.loading import encode_texts, train_word_tokenizer
 from rlhf_lab.task.grammar import is_grammatical
 from tests.conftest import tiny_config
 
@@ -27,7 +27,7 @@ def test_data_stage_writes_splits_and_tokenizer(tiny_cfg, data_stage):
 
 def test_the_built_in_policy_uses_the_exact_gelu():
     from rlhf_lab.config import ModelConfig
-    from rlhf_lab.models import build_policy
+    from rlhf_lab.models.loading import build_policy
 
     model = build_policy(ModelConfig(), train_word_tokenizer(["a good film", "a bad film"]))
     x = torch.linspace(-4, 4, 101)
@@ -116,7 +116,7 @@ def test_a_loaded_tokenizer_saves_the_same_bytes_online_or_offline(tmp_path, mon
     hashes of everything downstream, must not depend on it."""
     import huggingface_hub.constants
 
-    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.models.loading import load_tokenizer
 
     train_word_tokenizer(["a b c", "b c d"]).save_pretrained(tmp_path / "source")
     saved = {}

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_lab.analysis import fit_gao_over_seeds, gao_rl, value_at_kl
-from rlhf_lab.stats import (
+from rlhf_lab.analysis.fits import fit_gao_over_seeds, gao_rl, value_at_kl
+from rlhf_lab.analysis.stats import (
     bootstrap_mean_interval,
     group_bootstrap,
     permutation_p,
@@ -97,7 +97,7 @@ def test_gao_fit_over_seeds_recovers_the_coefficients_with_intervals():
 
 
 def test_the_stage_summary_gives_a_constant_no_interval():
-    from rlhf_lab.stage import summary
+    from rlhf_lab.runtime.stage import summary
 
     text = summary({"steps": {"mean": 80, "ci_low": 80, "ci_high": 80, "n": 3},
                     "gold_final": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 3}})

@@ -12,8 +12,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from rlhf_lab import config as config_lib
 from pipelines.sweep import GoldPruning
+from rlhf_lab import config as config_lib
 from rlhf_lab.engine.evaluation import Evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +215,7 @@ def test_a_stage_run_before_its_inputs_exist_names_the_command_that_makes_them(t
 
 
 def test_the_stage_that_makes_a_path_is_named_from_the_paths_keys(experiment_cfg):
-    from rlhf_lab.stage import maker_of
+    from rlhf_lab.runtime.stage import maker_of
 
     paths = experiment_cfg.paths
     assert maker_of(experiment_cfg, Path(paths.sweep) / "trials.csv") == "sweep"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lab import ppo_math as pm
 from rlhf_lab.algorithms import grpo, rloo
+from rlhf_lab.algorithms import ppo as pm
 from rlhf_lab.engine.online import OnlinePolicyModule
-from rlhf_lab.generation import Samples
+from rlhf_lab.models.generation import Samples
 
 
 class RLOOModule(OnlinePolicyModule):

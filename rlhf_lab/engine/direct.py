@@ -10,9 +10,9 @@ import torch
 
 from rlhf_lab.algorithms import dpo
 from rlhf_lab.engine.online import OnlinePolicyModule, iteration_of, prompt_schedule
-from rlhf_lab.generation import left_pad, pad_sequences
-from rlhf_lab.models import use_fast_kernels
-from rlhf_lab.sft import check_finite
+from rlhf_lab.engine.sft_module import check_finite
+from rlhf_lab.models.generation import left_pad, pad_sequences
+from rlhf_lab.models.loading import use_fast_kernels
 
 
 def encode_pairs(tokenizer, rows: list[dict], max_new_tokens: int) -> tuple[torch.Tensor, ...]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from rlhf_lab import ppo_math as pm
+from rlhf_lab.algorithms import ppo as pm
+from rlhf_lab.algorithms.bradley_terry import spearman
 from rlhf_lab.config import Config
 from rlhf_lab.engine.online import OnlinePolicyModule, iteration_of, kl_budget_reached
-from rlhf_lab.ensemble import aggregate, disagreement
-from rlhf_lab.generation import decode_responses, left_pad, sample
-from rlhf_lab.gold import gold_reward
-from rlhf_lab.preference import spearman
+from rlhf_lab.models.generation import decode_responses, left_pad, sample
+from rlhf_lab.rewards.ensemble import aggregate, disagreement
+from rlhf_lab.rewards.gold import gold_reward
 
 
 class Evaluation(Callback):

@@ -1,6 +1,6 @@
 """The online-policy loop every on-policy optimiser shares, as a Lightning module (manual
 optimisation): rollout and scoring, the update over epochs × minibatches, logging, data-parallel
-means, checkpoints and the random state for an exact resume. An algorithm (PPO in rlhf_lab/ppo.py,
+means, checkpoints and the random state for an exact resume. An algorithm (PPO in rlhf_lab/engine/ppo_module.py,
 RLOO and GRPO in :mod:`rlhf_lab.engine.critic_free`) supplies its advantages and its minibatch loss.
 
 One ``training_step`` is one iteration: 1 rollout (k responses per prompt), 2 score, 3 advantages
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rlhf_lab import ppo_math as pm
+from rlhf_lab.algorithms import ppo as pm
 from rlhf_lab.config import PPOConfig
-from rlhf_lab.ensemble import aggregate
-from rlhf_lab.generation import Samples, next_token_logits, position_ids, sample
-from rlhf_lab.lora import adapters_disabled
-from rlhf_lab.models import use_fast_kernels
-from rlhf_lab.reward_model import last_token_scores, normalised
-from rlhf_lab.sft import check_finite
+from rlhf_lab.engine.sft_module import check_finite
+from rlhf_lab.models.generation import Samples, next_token_logits, position_ids, sample
+from rlhf_lab.models.loading import use_fast_kernels
+from rlhf_lab.models.lora import adapters_disabled
+from rlhf_lab.rewards.ensemble import aggregate
+from rlhf_lab.rewards.reward_model import last_token_scores, normalised
 
 
 @dataclass

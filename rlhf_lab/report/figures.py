@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis import gao_bon, gao_rl
-from rlhf_lab.comparisons import OBJECTIVE_NAMES, d_band, seed_band
-from rlhf_lab.findings import bon_single
-from rlhf_lab.stats import bootstrap_mean_interval, t_interval
+from rlhf_lab.analysis.comparisons import OBJECTIVE_NAMES, d_band, seed_band
+from rlhf_lab.analysis.findings import bon_single
+from rlhf_lab.analysis.fits import gao_bon, gao_rl
+from rlhf_lab.analysis.stats import bootstrap_mean_interval, t_interval
 
 
 def figure(path: Path, draw, ncols: int = 2, width: float = 12, height: float = 4.2):
@@ -61,7 +61,7 @@ def draw_d_bands(ax, hist: pd.DataFrame, y: str, palette: str = "tab10") -> None
 
 def overoptimisation(hist: pd.DataFrame, bon: pd.DataFrame, first: str, rl: dict, bon_fit: dict, fig_dir: Path) -> Path:
     """Gold and proxy vs d for the β grid (averaged on d over seeds) and best-of-n, with the Gao fits
-    (``rl`` by condition, from :func:`rlhf_lab.findings.overoptimisation_fits`; drawn where there is one)."""
+    (``rl`` by condition, from :func:`rlhf_lab.analysis.findings.overoptimisation_fits`; drawn where there is one)."""
     kl_runs = hist[(hist["objective"] == "single") & (hist["condition"] == first)]
     zero = kl_runs[(kl_runs["beta"] == 0) & ~kl_runs["adaptive"]]
     rl_fit = rl.get(first)

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis import fit_gao
+from rlhf_lab.analysis.findings import finding, seed_fit_table, sweep_against_grid
+from rlhf_lab.analysis.fits import fit_gao
 from rlhf_lab.config import Config
-from rlhf_lab.data import read_jsonl
-from rlhf_lab.findings import finding, seed_fit_table, sweep_against_grid
-from rlhf_lab.gold import gold_kind
+from rlhf_lab.data.files import read_jsonl
+from rlhf_lab.rewards.gold import gold_kind
 
 
 def training_table(hist: pd.DataFrame, setting: str) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from rlhf_lab.config import ModelConfig, UserError
-from rlhf_lab.generation import pad_sequences
+from rlhf_lab.models.generation import pad_sequences
 from rlhf_lab.task.grammar import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 
 
@@ -90,8 +90,8 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> None:
 
 def use_fast_kernels(models, attention: str, device: torch.device) -> None:
     """The faster kernels for the same functions: GPT-2's tanh GELU fused (:func:`fuse_tanh_gelu`)
-    and the attention implementation ``attention`` means on ``device`` (rlhf_lab/attention.py)."""
-    from rlhf_lab.attention import use_attention
+    and the attention implementation ``attention`` means on ``device`` (rlhf_lab/models/attention.py)."""
+    from rlhf_lab.models.attention import use_attention
 
     for model in models:
         fuse_tanh_gelu(model)

@@ -8,7 +8,7 @@ import socket
 from urllib.parse import urlsplit
 
 from rlhf_lab.config import Config, ConfigError, RuntimeConfig, UserError
-from rlhf_lab.tracking import tracking_uri
+from rlhf_lab.runtime.tracking import tracking_uri
 
 CONNECT_TIMEOUT_S = 3.0
 

@@ -89,7 +89,7 @@ def fit_gao_over_seeds(runs: list[tuple[np.ndarray, np.ndarray]], form: str, n_r
     """The Gao form fitted to the pooled (d, gain) points of several seeds, with 95 % intervals for
     α and β from a bootstrap over seeds (each resample redraws whole runs), and each seed's own fit.
     """
-    from rlhf_lab.stats import group_bootstrap
+    from rlhf_lab.analysis.stats import group_bootstrap
 
     def pooled(group: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         return fit_gao(np.concatenate([d for d, _ in group]), np.concatenate([g for _, g in group]), form)

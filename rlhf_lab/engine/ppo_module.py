@@ -4,7 +4,7 @@ Four models: the policy (trainable, from SFT), a frozen reference (SFT; with LoR
 its adapter switched off), frozen reward model(s), and a value model (trainable; by default a copy
 of reward member 0, Huang et al. 2024 §"value model initialisation"; or a head shared with the
 policy). PPO's part of an iteration: 3 per-token rewards (KL penalty everywhere, the score at the
-last token) and GAE, 4 the clipped policy and value losses (rlhf_lab/ppo_math.py).
+last token) and GAE, 4 the clipped policy and value losses (rlhf_lab/algorithms/ppo.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from rlhf_lab import ppo_math as pm
+from rlhf_lab.algorithms import ppo as pm
 from rlhf_lab.config import PPOConfig
 from rlhf_lab.engine.online import (  # noqa: F401 - the PPO stage and tests import these from here
     OnlinePolicyModule,
@@ -23,8 +23,8 @@ from rlhf_lab.engine.online import (  # noqa: F401 - the PPO stage and tests imp
     prompt_schedule,
     response_logits,
 )
-from rlhf_lab.generation import Samples
-from rlhf_lab.reward_model import token_scores
+from rlhf_lab.models.generation import Samples
+from rlhf_lab.rewards.reward_model import token_scores
 
 
 class PPOModule(OnlinePolicyModule):

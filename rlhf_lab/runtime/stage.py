@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rlhf_lab import config as config_lib
-from rlhf_lab import parallel
-from rlhf_lab import preflight
 from rlhf_lab.config import Config, ConfigError, RuntimeConfig, UserError
-from rlhf_lab.tracking import (  # noqa: F401 - the stages import the MLflow plumbing from here too
+from rlhf_lab.runtime import parallel, preflight
+from rlhf_lab.runtime.tracking import (  # noqa: F401 - the stages import the MLflow plumbing from here too
     DEFAULT_TRACKING_URI,
     close_open_runs,
     create_parent_run,
@@ -164,7 +163,7 @@ def stage_main(run: Callable[..., dict], description: str, options: dict[str, st
     """Command-line entry of a stage: ``python -m pipelines.<stage> [--params params.yaml]``.
 
     ``options`` adds string options (name -> help), passed to ``run`` as keyword arguments.
-    ``services`` are checked before ``run`` starts (rlhf_lab/preflight.py): tracking, storage, hardware.
+    ``services`` are checked before ``run`` starts (rlhf_lab/runtime/preflight.py): tracking, storage, hardware.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")

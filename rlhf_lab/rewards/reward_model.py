@@ -15,12 +15,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from rlhf_lab.algorithms.bradley_terry import bradley_terry_loss
+from rlhf_lab.algorithms.ppo import last_token_index
 from rlhf_lab.config import Config, UserError
-from rlhf_lab.generation import position_ids
-from rlhf_lab.models import encode_texts
-from rlhf_lab.ppo_math import last_token_index
-from rlhf_lab.preference import bradley_terry_loss
-from rlhf_lab.sft import check_finite
+from rlhf_lab.engine.sft_module import check_finite
+from rlhf_lab.models.generation import position_ids
+from rlhf_lab.models.loading import encode_texts
 
 
 def load_reward_backbone(path: str | Path, seed: int) -> torch.nn.Module:
@@ -157,7 +157,7 @@ def same_vocabulary(a, b) -> bool:
 def reward_inputs(policy_tokenizer, member: Path, max_length: int) -> Retokenizer | None:
     """How reward member ``member`` reads the policy's samples: None when it shares the policy's
     vocabulary (the ids as they are), else a :class:`Retokenizer` to its own tokens."""
-    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.models.loading import load_tokenizer
 
     reward_tokenizer = load_tokenizer(member)
     if same_vocabulary(policy_tokenizer, reward_tokenizer):
@@ -173,7 +173,7 @@ class Retokenizer:
         self.policy, self.reward, self.max_length = policy_tokenizer, reward_tokenizer, max_length
 
     def __call__(self, seq: torch.Tensor, mask: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from rlhf_lab.dataset_io import join_text
+        from rlhf_lab.data.layouts import join_text
 
         texts, ended = [], []
         for ids, m in zip(seq.tolist(), mask.tolist()):

@@ -3,7 +3,7 @@ family of comparisons with Holm's correction, the power each buys and whether on
 
 Declared before the data (the report states it in these words):
 
-- endpoints of a run (:func:`rlhf_lab.analysis.run_endpoints`): gold peak, KL at the peak, gold at
+- endpoints of a run (:func:`rlhf_lab.analysis.fits.run_endpoints`): gold peak, KL at the peak, gold at
   each distance of ``report.d_grid``, final gold at the run's budget, gold drop;
 - primary comparisons, one endpoint per question: gold peak of each ensemble objective against the
   single RM of its condition (β = 0); final gold of each β > 0 against β = 0 (single RM, first
@@ -14,18 +14,17 @@ Declared before the data (the report states it in these words):
 - power: the difference each comparison detects with 80 % power at level α/m (Holm's strictest step,
   so a lower bound on the corrected test's power) from the observed spread, and the seeds a
   difference of the observed size would need;
-- robustness: the verdict is the same with any one seed left out (:func:`rlhf_lab.stats.leave_one_seed_out`).
+- robustness: the verdict is the same with any one seed left out (:func:`rlhf_lab.analysis.stats.leave_one_seed_out`).
 """
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis import fit_gao, rl_fits, run_endpoints
-from rlhf_lab.comparisons import fmt_interval
-from rlhf_lab.stats import (
+from rlhf_lab.analysis.comparisons import fmt_interval
+from rlhf_lab.analysis.fits import fit_gao, rl_fits, run_endpoints
+from rlhf_lab.analysis.stats import (
     bootstrap_mean_interval,
     holm,
     leave_one_seed_out,
@@ -146,7 +145,7 @@ def bon_single(bon: pd.DataFrame, condition: str) -> pd.DataFrame:
 
 def overoptimisation_fits(hist: pd.DataFrame, bon: pd.DataFrame, first: str) -> tuple[dict, dict]:
     """Gao's RL form fitted to the β = 0 single-RM runs of each condition that has them (by condition;
-    :func:`rlhf_lab.analysis.rl_fits`), and the best-of-n form to the first condition's single RM."""
+    :func:`rlhf_lab.analysis.fits.rl_fits`), and the best-of-n form to the first condition's single RM."""
     zero_single = hist[(hist["objective"] == "single") & (hist["beta"] == 0) & ~hist["adaptive"]]
     rl = {condition: rl_fits({int(g["seed"].iloc[0]): (g["d"].to_numpy(), g["gold_gain"].to_numpy())
                               for _, g in group.groupby("run")})

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.data import DataError
+from rlhf_lab.data.files import DataError
 
 LAYOUTS = {  # name: the columns that identify it, most specific first
     "preference": ("prompt", "chosen", "rejected"),

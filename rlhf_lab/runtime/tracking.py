@@ -1,5 +1,5 @@
-"""MLflow tracking, apart from the stage skeleton so that the worker pool (rlhf_lab/parallel.py) and the
-pre-flight checks (rlhf_lab/preflight.py) can use it without importing the stage: the store's URI, the
+"""MLflow tracking, apart from the stage skeleton so that the worker pool (rlhf_lab/runtime/parallel.py) and the
+pre-flight checks (rlhf_lab/runtime/preflight.py) can use it without importing the stage: the store's URI, the
 Lightning logger for a run (new or continued), the lock that serialises opening an SQLite store, and
 the runs a stopped stage must close."""
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Iterator
 
 from rlhf_lab.config import Config, TrackingConfig
-
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 

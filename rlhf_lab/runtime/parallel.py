@@ -9,16 +9,16 @@ it does any torch work, so they share its imports (≈ 10 s each) instead of pay
 from __future__ import annotations
 
 import multiprocessing as mp
-from multiprocessing.connection import wait
 import os
 import signal
 import sys
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 
 from rlhf_lab.config import RuntimeConfig, UserError
-from rlhf_lab.tracking import close_open_runs, forget_inherited_runs
+from rlhf_lab.runtime.tracking import close_open_runs, forget_inherited_runs
 
 
 @dataclass(frozen=True)

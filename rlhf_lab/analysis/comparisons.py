@@ -1,4 +1,4 @@
-"""The report's comparisons over seeds (pandas around :mod:`rlhf_lab.stats`): curves as bands at the
+"""The report's comparisons over seeds (pandas around :mod:`rlhf_lab.analysis.stats`): curves as bands at the
 shared evaluation steps, each ensemble objective against the single reward model, the sentences that
 and the members' agreement on hacked samples.
 
@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis import value_at_kl, values_on_d_grid
-from rlhf_lab.data import read_jsonl
-from rlhf_lab.stats import Difference, Interval, t_interval, welch_difference
+from rlhf_lab.analysis.fits import value_at_kl, values_on_d_grid
+from rlhf_lab.analysis.stats import Difference, Interval, t_interval, welch_difference
+from rlhf_lab.data.files import read_jsonl
 
 OBJECTIVE_NAMES = {"single": "single RM", "mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted"}
 
 
 def seed_band(hist: pd.DataFrame, y: str, x: str = "d", interval=t_interval) -> pd.DataFrame:
     """Per setting and shared evaluation step: mean x, and mean y with its 95 % interval over seeds
-    (Student t; pass :func:`rlhf_lab.stats.bootstrap_mean_interval` for a quantity that cannot be
+    (Student t; pass :func:`rlhf_lab.analysis.stats.bootstrap_mean_interval` for a quantity that cannot be
     negative, such as KL, whose t band would reach below 0)."""
     rows = []
     for (setting, step), group in hist.groupby(["setting", "step"], sort=True):

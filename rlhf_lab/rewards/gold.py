@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from rlhf_lab.config import Config, ConfigError, TaskConfig, UserError
-from rlhf_lab.dataset_io import join_text
+from rlhf_lab.data.layouts import join_text
 
 CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 

@@ -1,0 +1,1 @@
+"""The analysis of runs: Gao et al. fits, statistics, comparisons and the declared design."""

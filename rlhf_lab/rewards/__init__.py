@@ -1,0 +1,1 @@
+"""Rewards: reward models, their ensemble objectives and the gold reward behind one interface."""

@@ -1,0 +1,1 @@
+"""Stage plumbing: the stage skeleton, MLflow tracking, preflight checks and parallel runs."""
