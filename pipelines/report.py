@@ -36,6 +36,13 @@ from rlhf_lab.analysis.findings import (
     zero_beta,
 )
 from rlhf_lab.analysis.fits import distinct_n
+from rlhf_lab.analysis.remedies import (
+    remedies_family,
+    remedies_metrics,
+    remedies_table,
+    remedy_arms,
+    remedy_settings,
+)
 from rlhf_lab.analysis.stats import Difference, t_interval
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.data.files import read_jsonl, write_json
@@ -182,10 +189,17 @@ def run(cfg: Config) -> dict:
                                 (("default_run", r.default_run), ("hacking_run", r.hacking_run)))  # fmt: skip
 
     every_run = add_endpoints(runs, hist, r.d_grid, r.overopt_drop)
-    every_hist = hist
+    # Remedies with settings of their own are measured in section 10 only, against their baselines.
+    remedy_runs = every_run[every_run["algorithm"] == "ppo"]
+    remedy_hist = hist[hist["algorithm"] == "ppo"]
+    every_run = every_run[~every_run["setting"].isin(remedy_settings(r.remedies))]
+    every_hist = hist = hist[hist["run"].isin(every_run["run"])]
     # Sections 1-8 are PPO's study; the other optimisers meet it on the frontier (section 9).
     runs = every_run[every_run["algorithm"] == "ppo"].reset_index(drop=True)
     hist = hist[hist["algorithm"] == "ppo"]
+    if bon_prompts is not None:  # a condition only remedies use is not the study's
+        bon_prompts = bon_prompts[bon_prompts["condition"].isin(set(runs["condition"]))]
+    bon = bon[bon["condition"].isin(set(runs["condition"]))] if "condition" in bon else bon
     if runs.empty:
         raise UserError(f"{ppo_dir}: no PPO runs to report (ppo_runs needs at least one setting with algorithm ppo)")
     family = primary_family(runs, bon_prompts, first, r.alpha)
@@ -220,6 +234,11 @@ def run(cfg: Config) -> dict:
         frontier_table, frontier_metrics = frontier(every_run, every_hist, first, r.alpha)
         metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for k, v in frontier_metrics.items()})  # fmt: skip
+        probe = min(cfg.ppo.gold_probe, cfg.data.eval_prompts)
+        remedies = remedies_family(remedy_arms(remedy_runs, remedy_hist, r.remedies, r.early_stop_patience,
+                                               r.gold_probe_every, probe), r.alpha)  # fmt: skip
+        metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                        for k, v in remedies_metrics(remedies).items()})  # fmt: skip
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
 
@@ -275,6 +294,7 @@ def run(cfg: Config) -> dict:
             "<h2>8. Every run</h2>", table(run_table),
             "<h2>9. Every optimiser on one gold: the frontier</h2>",
             frontier_section(frontier_table, every_run, every_hist, first, fig_dir),
+            "<h2>10. Remedies against over-optimisation</h2>", remedies_section(remedies, cfg),
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
     return metrics
@@ -299,6 +319,30 @@ def frontier_section(table_frame: pd.DataFrame, runs: pd.DataFrame, hist: pd.Dat
         "(bootstrap CI over seeds). Against PPO: Welch on gold peak, Holm over the optimisers compared (a family "
         "of its own, outside the primary one).</p>",
         table(table_frame),
+    ])  # fmt: skip
+
+
+def remedies_section(family: pd.DataFrame, cfg: Config) -> str:
+    """Section 10: each remedy against the β = 0 single-RM baseline of its condition."""
+    r = cfg.report
+    if family.empty:
+        return "<p>No remedy to measure: the β = 0 single-RM settings are missing.</p>"
+    return "".join([
+        "<p>Each remedy against the β = 0 single-RM runs of its condition. Primary endpoint: the gold of the "
+        "policy the remedy leaves you with (final gold; for early stopping, the gold of the evaluation it "
+        "returns). Welch over seeds, Holm over the remedies' primary family (gold peak: a family of its own), "
+        "robust = the verdict holds with any one seed left out; MDE at 80 % power and Holm's strictest level. "
+        "<i>vs best β</i>: against the grid's best fixed β, an estimate with no verdict.</p>",
+        "<p>Early stopping is a rule over the baseline runs' own evaluations, so applied afterwards it gives "
+        "what it would have given online (the run up to its stop is the same); it stops after "
+        f"{r.early_stop_patience} evaluations without improvement and returns the best evaluation's policy "
+        "(a checkpoint per evaluation). <b>early_stop_proxy</b> reads no gold: the mean of the reward members "
+        "held out of the training objective (members 1…K−1; the single RM trains on member 0). "
+        f"<b>early_stop_gold</b> reads gold on {min(cfg.ppo.gold_probe, cfg.data.eval_prompts)} probe prompts "
+        f"every {r.gold_probe_every} evaluation(s) (<code>ppo.gold_probe</code>); gold queries = probe prompts × "
+        "checks. Regret = the run's own peak gold − the gold of the returned policy. Unpaired Welch is "
+        "conservative here, where both sides are the same runs.</p>",
+        table(remedies_table(family)),
     ])  # fmt: skip
 
 

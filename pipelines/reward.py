@@ -115,7 +115,8 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
     model = load_reward_backbone(r.backbone or cfg.paths.sft, seed=cfg.runtime.seed * 1000 + k)
     adapter = add_lora(model, r.lora, task_type=None, trainable=("score",)) if r.lora else None
     prepare_for_training(model, cfg.runtime)
-    module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train))
+    module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train),
+                          label_smoothing=r.label_smoothing, center_coef=r.center_coef)  # fmt: skip
     logger = mlflow_logger(
         cfg, "reward", run_name=name or f"reward-member-{k}",
         tags={"mlflow.parentRunId": parent_run_id, "member": str(k)},

@@ -256,6 +256,10 @@ class RewardConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     margin: float = 0.0
+    # Regularisers against over-optimisation (issue: remedies): a conservative Bradley–Terry target
+    # (the chosen response wins with probability 1 − ε) and Eisenstein et al.'s reward centering η.
+    label_smoothing: float = 0.0
+    center_coef: float = 0.0
     max_length: int = 64
     # Accuracy vs number of pairs: one extra model per count, trained on a subset of the pairs.
     scaling_pairs: tuple[int, ...] = (250, 500, 1000, 2000)
@@ -265,6 +269,8 @@ class RewardConfig:
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
         _check(self.lr > 0, "lr", "expected a number > 0")
         _check(self.margin >= 0, "margin", "expected a number >= 0")
+        _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "expected a number in [0, 0.5)")
+        _check(self.center_coef >= 0, "center_coef", "expected a number >= 0")
         _check(all(n >= 2 for n in self.scaling_pairs), "scaling_pairs", "expected integers >= 2")
         if self.dataset is not None:
             _check_dataset(self.dataset, "dataset")
@@ -336,10 +342,14 @@ class PPOConfig:
     # evaluation and checkpoints
     eval_every: int = 10
     eval_texts: int = 4
+    # Gold on the first N evaluation prompts, logged beside the full gold: the small gold budget an
+    # early-stopping rule may spend (issue: remedies). Reading it changes nothing in the run.
+    gold_probe: int = 32
     checkpoint_every: int = 25
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", seed_list(self.seeds, "seeds"))
+        _check(self.gold_probe >= 0, "gold_probe", "expected an integer >= 0")
         for name in ("iterations", "batch_size", "ppo_epochs", "minibatches", "max_new_tokens",
                      "eval_every", "checkpoint_every", "kl_horizon"):  # fmt: skip
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
@@ -435,8 +445,22 @@ class ReportConfig:
     # Disjoint sets of seeds (e.g. [[0, …, 9], [10, …, 19]]): each primary verdict is also set from each
     # set alone, side by side, to show which replicate. None: no replication table.
     seed_sets: Optional[tuple[tuple[int, ...], ...]] = None
+    # Remedies (report section 10). Early stopping is a rule over the β = 0 single-RM runs' own
+    # evaluations: stop after `early_stop_patience` evaluations without improvement, return the best;
+    # the gold-budget rule reads ppo.gold_probe prompts every `gold_probe_every` evaluations.
+    early_stop_patience: int = 2
+    gold_probe_every: int = 1
+    # Remedies that are settings of their own: {remedy: {setting: the β = 0 single-RM setting it is
+    # compared with}}, e.g. {centering: {centered_beta0: beta0}}. Their runs stay out of sections 1-9.
+    remedies: Optional[dict] = None
 
     def __post_init__(self):
+        _check(self.early_stop_patience >= 1, "early_stop_patience", "expected an integer >= 1")
+        _check(self.gold_probe_every >= 1, "gold_probe_every", "expected an integer >= 1")
+        ok = self.remedies is None or (isinstance(self.remedies, dict) and all(
+            isinstance(pairs, dict) and pairs and all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items())
+            for pairs in self.remedies.values()))  # fmt: skip
+        _check(ok, "remedies", "expected {remedy: {setting: baseline setting}}")
         _check(len(self.d_grid) >= 1 and all(d > 0 for d in self.d_grid), "d_grid", "expected numbers > 0")
         _check(0 < self.alpha < 1, "alpha", "expected a number in (0, 1)")
         _check(self.overopt_drop > 0, "overopt_drop", "expected a number > 0")
@@ -672,6 +696,14 @@ def from_dict(data: Any) -> Config:
             where = f"ppo_runs.{name}" if name else "ppo"
             raise ConfigError(f"{where}.reward_condition: {run.ppo.reward_condition!r} is not one of "
                               f"reward_conditions: {', '.join(cfg.reward_conditions)}")  # fmt: skip
+    for remedy, pairs in (cfg.report.remedies or {}).items():
+        for setting, baseline in pairs.items():
+            for name in (setting, baseline):
+                if name not in cfg.ppo_runs:
+                    raise ConfigError(f"report.remedies.{remedy}: {name!r} is not a setting of ppo_runs")
+            if cfg.ppo_run(baseline).ppo.beta != 0 or cfg.ppo_run(baseline).ppo.reward_objective != "single":
+                raise ConfigError(f"report.remedies.{remedy}.{setting}: its baseline {baseline!r} must be a "
+                                  "β = 0 single-RM setting")  # fmt: skip
     return cfg
 
 

@@ -64,6 +64,15 @@ def test_dvc_yaml_declares_only_existing_params():
          "reward_conditions.noisy.preferences.flip_fraction: expected a fraction in [0, 0.5], got 0.9"),
         ("reward_conditions: {}\n", "reward_conditions: expected a non-empty mapping"),
         ("sweep:\n  seeds: 0\n", "sweep.seeds: expected an integer >= 1, got 0"),
+        ("reward:\n  label_smoothing: 0.5\n", "reward.label_smoothing: expected a number in [0, 0.5), got 0.5"),
+        ("reward:\n  center_coef: -1\n", "reward.center_coef: expected a number >= 0, got -1"),
+        ("report:\n  remedies: {centering: centered}\n", "report.remedies: expected {remedy: {setting: baseline setting}}"),
+        ("ppo_runs:\n  b0: {beta: 0.0}\nreport:\n  remedies: {centering: {centred: b0}}\n",
+         "report.remedies.centering: 'centred' is not a setting of ppo_runs"),
+        ("ppo_runs:\n  b0: {beta: 0.0}\n  b1: {beta: 0.1}\nreport:\n  remedies: {adaptive_kl: {b0: b1}}\n",
+         "report.remedies.adaptive_kl.b0: its baseline 'b1' must be a β = 0 single-RM setting"),
+        ("report:\n  early_stop_patience: 0\n", "report.early_stop_patience: expected an integer >= 1, got 0"),
+        ("ppo:\n  gold_probe: -1\n", "ppo.gold_probe: expected an integer >= 0, got -1"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):

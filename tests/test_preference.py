@@ -42,6 +42,32 @@ def test_margin_shifts_the_difference():
     assert bradley_terry_loss(rc, rr, margin=1.0).item() == pytest.approx(math.log(2))
 
 
+def test_label_smoothing_by_hand_and_its_optimum_is_a_finite_gap():
+    rc, rr = torch.tensor([2.0]), torch.tensor([0.5])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    eps = 0.1
+    expected = -(1 - eps) * math.log(sig(1.5)) - eps * math.log(sig(-1.5))
+    assert bradley_terry_loss(rc, rr, label_smoothing=eps).item() == pytest.approx(expected, rel=1e-6)
+    # The gradient in the gap vanishes where σ(Δ) = 1 − ε, i.e. Δ = log((1 − ε)/ε); plain BT has none.
+    gap = torch.tensor([math.log(0.9 / 0.1)], requires_grad=True)
+    bradley_terry_loss(gap, torch.zeros(1), label_smoothing=eps).backward()
+    assert gap.grad.item() == pytest.approx(0.0, abs=1e-6)
+    plain = torch.tensor([math.log(9.0)], requires_grad=True)
+    bradley_terry_loss(plain, torch.zeros(1)).backward()
+    assert plain.grad.item() == pytest.approx(-0.1, rel=1e-5)
+
+
+def test_reward_centering_adds_eta_times_the_squared_sum_and_pulls_the_level_to_zero():
+    rc, rr = torch.tensor([3.0, 1.0]), torch.tensor([2.0, -2.0])
+    base = bradley_terry_loss(rc, rr).item()
+    # sums 5 and −1: η · mean(25, 1) = 0.01 · 13
+    assert bradley_terry_loss(rc, rr, center_coef=0.01).item() == pytest.approx(base + 0.13, rel=1e-6)
+    # Shifting both rewards by c leaves BT unchanged and costs η(2c)² with centering.
+    shifted = bradley_terry_loss(rc + 5, rr + 5, center_coef=0.01).item()
+    assert bradley_terry_loss(rc + 5, rr + 5).item() == pytest.approx(base, rel=1e-6)
+    assert shifted > bradley_terry_loss(rc, rr, center_coef=0.01).item()
+
+
 def test_loss_is_finite_for_huge_gaps():
     assert torch.isfinite(bradley_terry_loss(torch.tensor([-1e4]), torch.tensor([1e4])))
 

@@ -179,6 +179,19 @@ def test_report_stage(experiment_cfg, experiment):
             assert f"frontier.{algorithm}.{key}" in saved, (algorithm, key)
         if algorithm != "ppo":
             assert 0 <= saved[f"frontier.{algorithm}.gold_peak_vs_ppo.p"] <= saved[f"frontier.{algorithm}.gold_peak_vs_ppo.p_holm"]
+    # Section 10: early stopping, two rules over the β = 0 single-RM runs' own evaluations.
+    assert "10. Remedies against over-optimisation" in page
+    histories = [pd.read_csv(runs / "beta0" / "seeds" / f"seed_{s}" / "eval_history.csv") for s in (0, 1)]
+    for rule in ("early_stop_proxy", "early_stop_gold"):
+        key = f"remedy.{rule}.clean.gold_final"
+        assert saved[f"{key}.n"] == 2
+        assert saved[f"{key}_vs_baseline.p"] <= saved[f"{key}_vs_baseline.p_holm"] <= 1
+        # regret: each run's own peak gold minus the gold of the evaluation the rule returned
+        peaks = sum(h["gold"].max() for h in histories) / 2
+        assert saved[f"remedy.{rule}.clean.regret"] == pytest.approx(peaks - saved[f"{key}.mean"])
+    queries = saved["remedy.early_stop_gold.clean.gold_queries"]  # 32 probe prompts per check
+    assert 32 <= queries <= 32 * max(len(h) for h in histories) and queries % 16 == 0
+    assert "remedy.early_stop_proxy.clean.gold_queries" in saved and saved["remedy.early_stop_proxy.clean.gold_queries"] == 0
     history = pd.read_csv(runs / "dpo01" / "eval_history.csv")  # DPO measured on its own samples as it trains
     assert list(history[history["seed"] == 0]["step"]) == [0, 2, 4] and history["kl"].iloc[-1] > 0
 
@@ -201,6 +214,23 @@ def test_a_report_over_a_partial_grid_renders_what_exists_and_says_what_it_skipp
                  "report.hacking_run: beta0 is not among the runs; shown instead: beta01."):
         assert note in page, note
     assert metrics["beta.0.1.gold_final.n"] == 2 and "overopt.rl.alpha" not in metrics
+
+
+def test_a_remedy_setting_is_measured_against_its_baseline_and_kept_out_of_the_study(tmp_path, experiment_cfg, experiment):
+    from pipelines import report
+
+    for setting in ("beta0", "beta01"):
+        shutil.copytree(Path(experiment_cfg.paths.ppo) / setting, tmp_path / "ppo" / setting)
+    cfg = experiment_cfg.replace(paths={"ppo": str(tmp_path / "ppo"), "sweep": str(tmp_path / "no_sweep"),
+                                        "report": str(tmp_path / "report")},
+                                 report={"remedies": {"label_smoothing": {"beta01": "beta0"}}})  # fmt: skip
+    metrics = report.run(cfg)
+    finals = {s: [json.loads((tmp_path / "ppo" / s / "seeds" / f"seed_{k}" / "metrics.json").read_text())["gold_final"]
+                  for k in (0, 1)] for s in ("beta0", "beta01")}  # fmt: skip
+    key = "remedy.label_smoothing.clean.gold_final"
+    assert metrics[f"{key}.mean"] == pytest.approx(sum(finals["beta01"]) / 2)
+    assert metrics[f"{key}_vs_baseline.diff"] == pytest.approx((sum(finals["beta01"]) - sum(finals["beta0"])) / 2)
+    assert "beta.0.1.gold_final.n" not in metrics  # a remedy's runs are not the β grid's
 
 
 def test_a_stage_run_before_its_inputs_exist_names_the_command_that_makes_them(tmp_path, experiment_cfg, experiment):
@@ -291,22 +321,23 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
 
     deadline = time.time() + 300
     states = []
-    while time.time() < deadline and proc.poll() is None:  # kill while the second trial trains
+    while time.time() < deadline and proc.poll() is None:  # kill while a later trial trains
         try:
             study = optuna.load_study(study_name="killed", storage=live)
             states = [t.state for t in study.trials]
         except Exception:  # noqa: BLE001 - the database is still being created
             states = []
-        if states.count(optuna.trial.TrialState.COMPLETE) == 1 and optuna.trial.TrialState.RUNNING in states \
-                and trial_runs(study, 1):  # fmt: skip
+        # A later trial caught running (the second, unless it finished between two polls: then the third)
+        if len(states) >= 2 and states[-1] == optuna.trial.TrialState.RUNNING and trial_runs(study, len(states) - 1):
             break
         time.sleep(1.0)  # each poll reads the sweep's live databases: not so often that its writes wait
     if proc.poll() is not None:
-        pytest.fail(f"the sweep ended (code {proc.returncode}) before its second trial was caught running: "
+        pytest.fail(f"the sweep ended (code {proc.returncode}) before a later trial was caught running: "
                     f"{proc.communicate()[1][-3000:]}")
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    dead_trial = len(states) - 1
+    assert states == [optuna.trial.TrialState.COMPLETE] * dead_trial + [optuna.trial.TrialState.RUNNING]
     before = optuna.load_study(study_name="killed", storage=live).trials
     assert not (tmp_path / "sweep").exists()  # the output folder appears only when the sweep is done
     time.sleep(2.5)  # past the heartbeat's grace period: the dead worker's trial is stale
@@ -317,10 +348,10 @@ def test_a_killed_sweep_keeps_its_trials_and_a_rerun_retries_the_one_that_died(t
     assert len(by_state[optuna.trial.TrialState.COMPLETE]) == 3  # sweep.n_trials finished in all
     assert by_state[optuna.trial.TrialState.COMPLETE][0].params == before[0].params  # kept, not rerun
     failed = by_state[optuna.trial.TrialState.FAIL]
-    assert [t.number for t in failed] == [1]
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]  # RetryHeartbeatStaleTrialCallback's mark
+    assert [t.number for t in failed] == [dead_trial]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead_trial]  # RetryHeartbeatStaleTrialCallback's mark
     assert len(retried) == 1 and retried[0].params == failed[0].params  # the dead worker's trial, again
     assert retried[0].state == optuna.trial.TrialState.COMPLETE
     assert not (tmp_path / "sweep.live").exists()
-    dead = trial_runs(study, 1)
+    dead = trial_runs(study, dead_trial)
     assert [r.info.status for r in dead] == ["KILLED"]  # the dead worker's run is not left RUNNING

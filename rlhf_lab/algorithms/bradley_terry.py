@@ -12,14 +12,27 @@ from scipy import stats
 
 
 def bradley_terry_loss(
-    r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float | torch.Tensor = 0.0
+    r_chosen: torch.Tensor,
+    r_rejected: torch.Tensor,
+    margin: float | torch.Tensor = 0.0,
+    label_smoothing: float = 0.0,
+    center_coef: float = 0.0,
 ) -> torch.Tensor:
-    """Mean of −log σ(r_chosen − r_rejected − margin) (Bradley & Terry 1952; InstructGPT eq. 1).
+    """Mean of −log σ(r_chosen − r_rejected − margin) (Bradley & Terry 1952; InstructGPT eq. 1), with
+    the two reward-model regularisers against over-optimisation as options.
 
     ``logsigmoid`` keeps it finite for large reward gaps; the margin (Llama 2) asks the chosen
-    reward to win by at least that much.
+    reward to win by at least that much. ``label_smoothing`` ε is a conservative target: the chosen
+    response wins with probability 1 − ε, not 1, so no finite reward gap is the optimum and gaps stop
+    growing once σ(Δ) = 1 − ε. ``center_coef`` η adds η·(r_chosen + r_rejected)² (Eisenstein et al.
+    2023's reward centering): the loss sees only differences, so without it the rewards' level drifts
+    freely, and a policy can exploit where it lands on unusual inputs.
     """
-    return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+    diff = r_chosen - r_rejected - margin
+    loss = -(1 - label_smoothing) * F.logsigmoid(diff) - label_smoothing * F.logsigmoid(-diff)
+    if center_coef:
+        loss = loss + center_coef * (r_chosen + r_rejected) ** 2
+    return loss.mean()
 
 
 def preference_probability(gold_a: np.ndarray, gold_b: np.ndarray, temperature: float) -> np.ndarray:

@@ -81,6 +81,8 @@ class Evaluation(Callback):
         if gold is not None:
             row["gold"] = float(gold.mean())
             row["gold_se"] = float(gold.std() / len(gold) ** 0.5)
+            if cfg.gold_probe:  # what a rule with a small gold budget would read (algorithms/early_stopping.py)
+                row["gold_probe"] = float(gold[: cfg.gold_probe].mean())
             # Does the proxy still rank like gold on the policy's own samples?
             row["proxy_gold_spearman"] = spearman(members[0].cpu().numpy(), gold)
         self.history.append(row)

@@ -97,10 +97,12 @@ def normalised(model, raw: torch.Tensor) -> torch.Tensor:
 class RewardModule(pl.LightningModule):
     """Bradley–Terry training. Batches: (chosen_ids, chosen_mask, rejected_ids, rejected_mask)."""
 
-    def __init__(self, model, lr: float, weight_decay: float, margin: float, total_steps: int):
+    def __init__(self, model, lr: float, weight_decay: float, margin: float, total_steps: int,
+                 label_smoothing: float = 0.0, center_coef: float = 0.0):  # fmt: skip
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.margin, self.total_steps = lr, weight_decay, margin, total_steps
+        self.label_smoothing, self.center_coef = label_smoothing, center_coef
 
     def _rewards(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         c_ids, c_mask, r_ids, r_mask = batch
@@ -114,7 +116,7 @@ class RewardModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         chosen, rejected = self._rewards(batch)
-        loss = bradley_terry_loss(chosen, rejected, self.margin)
+        loss = bradley_terry_loss(chosen, rejected, self.margin, self.label_smoothing, self.center_coef)
         check_finite(loss, f"reward model step {self.global_step}")
         self.log("rm/train_loss", loss, prog_bar=True)
         self.log("rm/train_accuracy", (chosen > rejected).float().mean())

@@ -1,0 +1,182 @@
+"""The remedies for over-optimisation, each against the β = 0 single-RM baseline of its condition, on
+the declared endpoints (issue: remedies).
+
+Two kinds of remedy arm:
+
+- a rule over the baseline's own runs (early stopping, :mod:`rlhf_lab.algorithms.early_stopping`):
+  the same runs, stopped where the rule says; free, so the default run measures them;
+- a setting of its own (``report.remedies``: {remedy: {setting: baseline setting}}), e.g. a reward
+  condition with centering or label smoothing, or the adaptive KL controller.
+
+The primary endpoint of a remedy is the gold of the policy it leaves you with (``gold_final``):
+Welch over seeds against the baseline, Holm over the remedies' family, leave-one-seed-out robustness
+and the power the seeds buy. Gold peak is secondary (Holm within its own family). For early stopping
+the two sides are the same runs, so Welch's unpaired test is conservative there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
+from rlhf_lab.analysis.stats import (
+    holm,
+    leave_one_seed_out,
+    minimum_detectable_difference,
+    seeds_needed,
+    t_interval,
+    verdict,
+    welch_difference,
+)
+
+ENDPOINTS = ("gold_final", "gold_peak")  # the first is the remedies' primary endpoint
+POWER = 0.8
+
+
+def baselines(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per condition, the runs of its β = 0 single-RM setting (the first such setting)."""
+    zero = runs[(runs["beta"] == 0) & ~runs["adaptive"] & (runs["objective"] == "single")]
+    out = {}
+    for condition, group in zero.groupby("condition", sort=False):
+        out[condition] = group[group["setting"] == group["setting"].iloc[0]]
+    return out
+
+
+def early_stop_arms(base: pd.DataFrame, hist: pd.DataFrame, patience: int, probe_every: int,
+                    probe_prompts: int) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """Each early-stopping rule applied to each baseline run: one row per seed with the stop's
+    endpoints (gold of the returned policy, regret, gold queries)."""
+    proxy_rows, gold_rows = [], []
+    for _, run in base.iterrows():
+        h = hist[hist["run"] == run["run"]].sort_values("step")
+        members = sorted((c for c in h if c.startswith("proxy_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
+        if len(members) > 1:  # the single RM trains on member 0; the rest are held out
+            stop = patience_stop(held_out_members(h[members].to_numpy(), [0]), patience)
+            proxy_rows.append({"seed": run["seed"], **stop_endpoints(h["gold"], h["kl"], stop)})
+        if "gold_probe" in h and h["gold_probe"].notna().all():
+            stop = patience_stop(h["gold_probe"].to_numpy(), patience, check_every=probe_every)
+            gold_rows.append({"seed": run["seed"], **stop_endpoints(h["gold"], h["kl"], stop, probe_prompts)})
+    return {name: pd.DataFrame(rows) for name, rows in
+            (("early_stop_proxy", proxy_rows), ("early_stop_gold", gold_rows)) if rows}  # fmt: skip
+
+
+def best_beta(runs: pd.DataFrame, condition: str) -> pd.DataFrame:
+    """The runs of the fixed-β > 0 single-RM setting with the highest mean final gold in a condition."""
+    fixed = runs[(runs["beta"] > 0) & ~runs["adaptive"] & (runs["objective"] == "single")
+                 & (runs["condition"] == condition)]  # fmt: skip
+    if fixed.empty:
+        return fixed
+    best = fixed.groupby("setting")["gold_final"].mean().idxmax()
+    return fixed[fixed["setting"] == best]
+
+
+def by_seed(frame: pd.DataFrame, column: str) -> dict[int, float]:
+    return {int(s): float(v) for s, v in zip(frame["seed"], frame[column])}
+
+
+def remedy_arms(runs: pd.DataFrame, hist: pd.DataFrame, remedies: dict, patience: int, probe_every: int,
+                probe_prompts: int) -> list[dict]:  # fmt: skip
+    """Every (remedy, condition) arm with its baseline: {name, condition, arm, base, best_beta}."""
+    bases = baselines(runs[~runs["setting"].isin(remedy_settings(remedies))])
+    arms = []
+    for condition, base in bases.items():
+        for name, frame in early_stop_arms(base, hist, patience, probe_every, probe_prompts).items():
+            arms.append({"name": name, "condition": condition, "arm": frame, "base": base})
+    for name, pairs in (remedies or {}).items():
+        for setting, base_setting in pairs.items():
+            arm, base = runs[runs["setting"] == setting], runs[runs["setting"] == base_setting]
+            if arm.empty or base.empty:
+                continue
+            arms.append({"name": name, "condition": str(base["condition"].iloc[0]), "arm": arm, "base": base})
+    for a in arms:
+        a["best_beta"] = best_beta(runs, a["condition"])
+    return arms
+
+
+def remedy_settings(remedies: dict | None) -> set[str]:
+    return {setting for pairs in (remedies or {}).values() for setting in pairs}
+
+
+def remedies_family(arms: list[dict], alpha: float) -> pd.DataFrame:
+    """One row per arm and endpoint: the arm's mean [CI], its difference from the baseline [CI], p,
+    Holm's p within the endpoint's family, the verdict, robustness (primary only), MDE and seeds
+    needed; and the difference from the grid's best β (an estimate, no verdict)."""
+    rows = []
+    for a in arms:
+        for endpoint in ENDPOINTS:
+            mine, base = by_seed(a["arm"], endpoint), by_seed(a["base"], endpoint)
+            d = welch_difference(list(mine.values()), list(base.values()))
+            iv = t_interval(list(mine.values()))
+            sd_a, sd_b = np.std(list(mine.values()), ddof=1), np.std(list(base.values()), ddof=1)
+            row = {"key": f"{a['name']}.{a['condition']}", "remedy": a["name"], "condition": a["condition"],
+                   "endpoint": endpoint, "mean": iv.mean, "ci_low": iv.ci_low, "ci_high": iv.ci_high, "n": iv.n,
+                   "diff": d.diff, "diff_low": d.ci_low, "diff_high": d.ci_high, "p": d.p,
+                   "sd_a": sd_a, "sd_b": sd_b, "a": mine, "b": base}  # fmt: skip
+            if not a["best_beta"].empty:
+                best = welch_difference(list(mine.values()), list(by_seed(a["best_beta"], endpoint).values()))
+                row.update({"best_beta": str(a["best_beta"]["setting"].iloc[0]), "vs_best_beta": best.diff,
+                            "vs_best_beta_low": best.ci_low, "vs_best_beta_high": best.ci_high})  # fmt: skip
+            for extra in ("regret", "gold_queries"):
+                if extra in a["arm"]:
+                    row[extra] = float(a["arm"][extra].mean())
+            rows.append(row)
+    family = pd.DataFrame(rows)
+    if family.empty:
+        return family
+    family["p_holm"] = np.nan
+    for endpoint in ENDPOINTS:
+        mask = family["endpoint"] == endpoint
+        family.loc[mask, "p_holm"] = holm(family.loc[mask, "p"])
+    family["verdict"] = [verdict(d, q, alpha) for d, q in zip(family["diff"], family["p_holm"])]
+    primary = family[family["endpoint"] == ENDPOINTS[0]]
+    robust = leave_one_seed_out({k: (a, b) for k, a, b in zip(primary["key"], primary["a"], primary["b"])},
+                                alpha=alpha)  # fmt: skip
+    family["robust"] = [robust.get(k) if e == ENDPOINTS[0] else None for k, e in zip(family["key"], family["endpoint"])]
+    level = alpha / max(len(primary), 1)  # Holm's strictest step: the power below is a lower bound
+    family["mde"] = [minimum_detectable_difference(sa, len(a), sb, len(b), level, POWER)
+                     for sa, a, sb, b in zip(family["sd_a"], family["a"], family["sd_b"], family["b"])]  # fmt: skip
+    family["seeds_needed"] = [seeds_needed(sa, sb, d, level, POWER)
+                              for sa, sb, d in zip(family["sd_a"], family["sd_b"], family["diff"])]  # fmt: skip
+    return family.drop(columns=["a", "b"])
+
+
+def remedies_metrics(family: pd.DataFrame) -> dict:
+    """metrics.json keys: remedy.<name>.<condition>.<endpoint>.{mean,ci_low,ci_high,n} and
+    remedy.<name>.<condition>.<endpoint>_vs_baseline.{diff,ci_low,ci_high,p,p_holm[,robust]}."""
+    out = {}
+    for _, row in family.iterrows():
+        key = f"remedy.{row['key']}.{row['endpoint']}"
+        out.update({f"{key}.mean": row["mean"], f"{key}.ci_low": row["ci_low"], f"{key}.ci_high": row["ci_high"],
+                    f"{key}.n": int(row["n"]), f"{key}_vs_baseline.diff": row["diff"],
+                    f"{key}_vs_baseline.ci_low": row["diff_low"], f"{key}_vs_baseline.ci_high": row["diff_high"],
+                    f"{key}_vs_baseline.p": row["p"], f"{key}_vs_baseline.p_holm": row["p_holm"]})  # fmt: skip
+        if row["robust"] is not None:
+            out[f"{key}_vs_baseline.robust"] = bool(row["robust"])
+        for extra in ("regret", "gold_queries"):
+            if extra in row and pd.notna(row[extra]):
+                out[f"remedy.{row['key']}.{extra}"] = float(row[extra])
+    return out
+
+
+def remedies_table(family: pd.DataFrame) -> pd.DataFrame:
+    """The report's view: one row per remedy, condition and endpoint."""
+
+    def iv(lo, mid, hi):
+        return f"{mid:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    rows = []
+    for _, r in family.iterrows():
+        rows.append({
+            "remedy": r["remedy"], "condition": r["condition"], "endpoint": r["endpoint"], "n": int(r["n"]),
+            "mean [95 % CI]": f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+            "vs β = 0 single RM": iv(r["diff_low"], r["diff"], r["diff_high"]),
+            "p_holm": f"{r['p_holm']:.3g}", "verdict": r["verdict"],
+            "robust": "" if r["robust"] is None else ("yes" if r["robust"] else "no"),
+            "MDE": f"{r['mde']:.3f}", "seeds needed": r["seeds_needed"] or "> 10,000",
+            "vs best β": (f"{iv(r['vs_best_beta_low'], r['vs_best_beta'], r['vs_best_beta_high'])} ({r['best_beta']})"
+                          if pd.notna(r.get("vs_best_beta", np.nan)) else ""),
+            "regret": f"{r['regret']:.3f}" if pd.notna(r.get("regret", np.nan)) else "",
+            "gold queries": f"{r['gold_queries']:.0f}" if pd.notna(r.get("gold_queries", np.nan)) else "",
+        })  # fmt: skip
+    return pd.DataFrame(rows)

@@ -1,0 +1,107 @@
+"""The remedies' math against hand computations: early-stopping rules, their endpoints, and the
+remedies' family (baselines, Holm within each endpoint, robustness)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
+from rlhf_lab.analysis.remedies import remedies_family, remedies_metrics, remedy_arms
+
+
+def test_patience_stop_fires_after_patience_reads_without_improvement_and_returns_the_best():
+    signal = [0.1, 0.3, 0.5, 0.4, 0.45, 0.2, 0.9]
+    stop = patience_stop(signal, patience=2)
+    # best 0.5 at index 2; 0.4 (1), 0.45 (2) → fires at index 4; the 0.9 later is never seen
+    assert (stop.stop, stop.chosen, stop.fired, stop.checks) == (4, 2, True, 5)
+    assert patience_stop(signal, patience=3).stop == 5
+    never = patience_stop([0.1, 0.2, 0.3], patience=2)
+    assert (never.stop, never.chosen, never.fired) == (2, 2, False)
+
+
+def test_patience_stop_reads_every_kth_evaluation_and_skips_nan():
+    signal = [0.1, 9.0, 0.5, 9.0, 0.4, 9.0, 0.3, 9.0]
+    # reads indices 0, 2, 4, 6 only: best 0.5 at 2, then 0.4, 0.3 → stop at 6 after 4 checks
+    stop = patience_stop(signal, patience=2, check_every=2)
+    assert (stop.stop, stop.chosen, stop.checks) == (6, 2, 4)
+    assert patience_stop([0.1, float("nan"), 0.05, 0.04], patience=2).chosen == 0
+    # min_delta: a rise smaller than it is no improvement
+    assert patience_stop([0.5, 0.51, 0.52], patience=2, min_delta=0.05).stop == 2
+    with pytest.raises(ValueError):
+        patience_stop([0.1], patience=0)
+
+
+def test_held_out_members_average_the_members_outside_the_objective():
+    members = np.array([[1.0, 2.0, 4.0], [3.0, 0.0, 2.0]])
+    assert held_out_members(members, [0]).tolist() == [3.0, 1.0]
+    assert held_out_members(members, [0, 2]).tolist() == [2.0, 0.0]
+    with pytest.raises(ValueError):
+        held_out_members(members, [0, 1, 2])
+
+
+def test_stop_endpoints_give_the_returned_policy_regret_and_the_gold_spent():
+    gold, kl = [0.1, 0.6, 0.8, 0.7, 0.9, 0.2], [0, 1, 4, 9, 16, 25]
+    stop = patience_stop([0.1, 0.6, 0.8, 0.7, 0.75, 0.95], patience=2)  # best 0.8 at 2, fires at 4
+    ends = stop_endpoints(gold, kl, stop, probe_prompts=32)
+    assert ends["gold_final"] == 0.8 and ends["kl_final"] == 4
+    assert ends["gold_peak"] == 0.9  # the best gold up to the stop (index 4)
+    assert ends["regret"] == pytest.approx(0.1)  # the run's own peak 0.9 − 0.8
+    assert ends["gold_queries"] == 32 * 5 and ends["fired"]
+
+
+def fake_study(seeds=(0, 1, 2, 3)):
+    """β = 0 single RM whose gold rises then falls while member 0 keeps rising; the held-out members
+    peak with gold; a β = 0.05 setting that ends higher."""
+    runs, hist = [], []
+    rng = np.random.default_rng(0)
+    for seed in seeds:
+        for setting, beta in (("beta0", 0.0), ("beta005", 0.05)):
+            steps = np.arange(8)
+            gold = (np.array([0.1, 0.4, 0.7, 0.8, 0.6, 0.4, 0.3, 0.2]) if beta == 0
+                    else np.array([0.1, 0.3, 0.5, 0.55, 0.6, 0.6, 0.6, 0.6])) + rng.normal(0, 0.01, 8)  # fmt: skip
+            held = gold + 0.1  # the held-out members track gold
+            run = f"{setting}/seed_{seed}"
+            hist.append(pd.DataFrame({"run": run, "step": steps * 5, "kl": steps**2.0, "gold": gold,
+                                      "gold_probe": gold + 0.02, "proxy_0": steps * 1.0,
+                                      "proxy_1": held, "proxy_2": held}))  # fmt: skip
+            runs.append({"run": run, "setting": setting, "seed": seed, "beta": beta, "adaptive": False,
+                         "objective": "single", "condition": "clean", "algorithm": "ppo",
+                         "gold_peak": gold.max(), "gold_final": gold[-1]})  # fmt: skip
+    return pd.DataFrame(runs), pd.concat(hist, ignore_index=True)
+
+
+def test_early_stopping_arms_beat_the_over_optimised_baseline_under_holm():
+    runs, hist = fake_study()
+    arms = remedy_arms(runs, hist, None, patience=2, probe_every=1, probe_prompts=32)
+    assert sorted(a["name"] for a in arms) == ["early_stop_gold", "early_stop_proxy"]
+    family = remedies_family(arms, alpha=0.05)
+    primary = family[family["endpoint"] == "gold_final"].set_index("remedy")
+    # Both rules return the evaluation at gold ≈ 0.8 (index 3); the baseline ends at ≈ 0.2.
+    assert primary.loc["early_stop_proxy", "mean"] == pytest.approx(0.8, abs=0.03)
+    assert primary.loc["early_stop_gold", "diff"] == pytest.approx(0.6, abs=0.03)
+    assert (primary["verdict"] == "higher").all() and primary["robust"].all()
+    # Holm within the primary family: two tests, the smaller p doubled.
+    ps = primary["p"].sort_values()
+    assert primary["p_holm"].min() == pytest.approx(min(1.0, 2 * ps.iloc[0]))
+    # Against the grid's best β (0.05, ending at 0.6): an estimate only.
+    assert primary.loc["early_stop_gold", "vs_best_beta"] == pytest.approx(0.2, abs=0.03)
+    # Stopped 2 evaluations after the peak at index 3: 6 checks of 32 prompts.
+    assert primary.loc["early_stop_gold", "gold_queries"] == 6 * 32
+    metrics = remedies_metrics(family)
+    assert metrics["remedy.early_stop_gold.clean.gold_final.n"] == 4
+    assert metrics["remedy.early_stop_proxy.clean.gold_final_vs_baseline.robust"] is True
+    assert "remedy.early_stop_gold.clean.gold_peak_vs_baseline.p_holm" in metrics
+
+
+def test_a_remedy_setting_is_compared_with_its_named_baseline_and_kept_out_of_the_early_stop_baselines():
+    runs, hist = fake_study()
+    centred = runs[runs["setting"] == "beta0"].assign(setting="centered_beta0", gold_final=lambda f: f["gold_final"] + 0.3,
+                                                     run=lambda f: "c" + f["run"])  # fmt: skip
+    runs = pd.concat([centred, runs], ignore_index=True)  # first in order: it must not become the baseline
+    arms = remedy_arms(runs, hist, {"centering": {"centered_beta0": "beta0"}}, 2, 1, 32)
+    by_name = {a["name"]: a for a in arms}
+    assert set(by_name) == {"early_stop_proxy", "early_stop_gold", "centering"}
+    assert set(by_name["early_stop_gold"]["base"]["setting"]) == {"beta0"}
+    family = remedies_family(arms, alpha=0.05)
+    row = family[(family["remedy"] == "centering") & (family["endpoint"] == "gold_final")].iloc[0]
+    assert row["diff"] == pytest.approx(0.3, abs=1e-9)
