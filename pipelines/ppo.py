@@ -39,7 +39,7 @@ from rlhf_lab.engine.ppo_module import PPOModule, iteration_of, optimizer_steps_
 from rlhf_lab.models.generation import left_pad
 from rlhf_lab.models.loading import load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf_lab.models.lora import add_lora, save_adapter_and_merged
-from rlhf_lab.rewards.reward_model import load_frozen_reward, member_paths, reward_inputs
+from rlhf_lab.rewards.reward_model import load_frozen_reward, member_paths, reward_inputs, warm_path
 from rlhf_lab.runtime import parallel
 from rlhf_lab.runtime.stage import (
     apply_runtime,
@@ -64,6 +64,9 @@ def check_inputs(cfg: Config) -> tuple[list[str], list[str], list[dict] | None]:
             and reward_inputs(load_tokenizer(cfg.paths.sft), members[0], 1) is not None):  # fmt: skip
         raise ConfigError(f"ppo.value_model: separate copies reward member 0 ({members[0]}), whose tokenizer "
                           "differs from the policy's, so it cannot read the policy's tokens; use shared")  # fmt: skip
+    if cfg.ppo.reward_objective == "warm" and not warm_path(cfg).is_dir():
+        raise UserError(f"ppo.reward_objective: warm needs {warm_path(cfg)} (reward.warm: true; "
+                        f"`dvc repro reward@{Path(cfg.paths.reward).name}` makes it)")  # fmt: skip
     data = Path(cfg.paths.data)
     train_prompts = read_texts(data / "prompts_train.jsonl", "prompt")
     if cfg.ppo.online and len(train_prompts) < cfg.ppo.batch_size // cfg.ppo.k:
@@ -97,6 +100,8 @@ def build_module(cfg: Config, tokenizer) -> tuple[OnlinePolicyModule, object | N
     prepare_for_training(policy, cfg.runtime)
     # DPO/IPO train without them; they score the evaluations' samples (the proxy column) alike.
     rewards = [load_frozen_reward(p) for p in members]
+    if cfg.ppo.reward_objective == "warm":  # the weight average first: the objective reads it, the
+        rewards.insert(0, load_frozen_reward(warm_path(cfg)))  # evaluations read the members beside it
     retokenize = reward_inputs(tokenizer, members[0], cfg.reward.max_length)
     ids = (tokenizer.eos_token_id, tokenizer.pad_token_id)
     if cfg.ppo.algorithm != "ppo":

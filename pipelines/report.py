@@ -135,7 +135,7 @@ def proxy_only_report(cfg: Config, runs: pd.DataFrame, hist: pd.DataFrame, rewar
                             "distinct_2": round(float(group["distinct_2"].mean()), 3)}
                            for setting, group in runs.groupby("setting")])  # fmt: skip
     rm_table = pd.DataFrame([{"condition": c, "model": k, **v} for c, m in reward_metrics.items()
-                             for k, v in m.items() if k.startswith(("member", "ensemble"))])  # fmt: skip
+                             for k, v in m.items() if k.startswith(("member", "ensemble", "warm"))])  # fmt: skip
     metrics = {f"setting.{s}.{c}.mean": float(g[c].mean()) for s, g in runs.groupby("setting") for c in ("proxy_final", "kl_final")}
     metrics["gold"] = "none"
     for c, m in reward_metrics.items():
@@ -234,6 +234,8 @@ def run(cfg: Config) -> dict:
         frontier_table, frontier_metrics = frontier(every_run, every_hist, first, r.alpha)
         metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for k, v in frontier_metrics.items()})  # fmt: skip
+        kinds = {c: {"sft": "fine-tune seed", "pretrain-seed": "pre-train seed"}[cfg.for_condition(c).reward.member_init]
+                 for c in conditions}  # fmt: skip
         probe = min(cfg.ppo.gold_probe, cfg.data.eval_prompts)
         remedies = remedies_family(remedy_arms(remedy_runs, remedy_hist, r.remedies, r.early_stop_patience,
                                                r.gold_probe_every, probe), r.alpha)  # fmt: skip
@@ -248,7 +250,7 @@ def run(cfg: Config) -> dict:
                                    **{f"{c} [95 % CI]": beta_summary[c].map(fmt_interval) for c in
                                       ("gold_final", "gold_peak", "proxy_final", "kl_final", "distinct_2")}})  # fmt: skip
         rm_table = pd.DataFrame([{"condition": c, "model": k, **v} for c, m in reward_metrics.items()
-                                 for k, v in m.items() if k.startswith(("member", "ensemble"))])  # fmt: skip
+                                 for k, v in m.items() if k.startswith(("member", "ensemble", "warm"))])  # fmt: skip
         sections = [
             f"<h1>{html.escape(r.title)}</h1>",
             "<p>Every number below is read from the runs' files written by the pipeline "
@@ -295,6 +297,11 @@ def run(cfg: Config) -> dict:
             "<h2>9. Every optimiser on one gold: the frontier</h2>",
             frontier_section(frontier_table, every_run, every_hist, first, fig_dir),
             "<h2>10. Remedies against over-optimisation</h2>", remedies_section(remedies, cfg),
+            "<p>Does a more diverse ensemble break the shared hack? Members' agreement on the β = 0 policies' final "
+            "samples, by kind of ensemble: members that differ in fine-tuning seed (head init, data order), in "
+            "pre-training seed (<code>reward.member_init: pretrain-seed</code>), and WARM (one model, the members' "
+            "weights averaged; its members' columns are those it averages).</p>",
+            table(member_agreement(remedy_runs, kinds)),
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
     return metrics

@@ -28,12 +28,13 @@ from rlhf_lab.algorithms.bradley_terry import (
     sigmoid,
     spearman,
 )
-from rlhf_lab.config import Config
+from rlhf_lab.config import Config, UserError
 from rlhf_lab.data.files import DataError, read_jsonl, write_json
 from rlhf_lab.data.layouts import Rows, join_text
 from rlhf_lab.models.loading import encode_texts, load_tokenizer, prepare_for_training
 from rlhf_lab.models.lora import add_lora
 from rlhf_lab.rewards.reward_model import RewardModule, load_reward_backbone, score_texts
+from rlhf_lab.rewards.warm import average_weights
 from rlhf_lab.runtime.stage import (
     apply_runtime,
     create_parent_run,
@@ -103,7 +104,8 @@ def quality(prob: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, gold_lab
     return metrics
 
 
-def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_run_id: str, name: str = ""):
+def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_run_id: str, name: str = "",
+                 backbone: Path | None = None):  # fmt: skip
     r = cfg.reward
     apply_runtime(cfg.runtime, seed_offset=k)
     rows = train_rows
@@ -112,7 +114,7 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
         rows = [rows[i] for i in pick]
     train = pair_loader(tokenizer, rows, r.max_length, r.batch_size, True, seed=cfg.runtime.seed + k)
     val = pair_loader(tokenizer, eval_rows, r.max_length, 256, False, seed=0)
-    model = load_reward_backbone(r.backbone or cfg.paths.sft, seed=cfg.runtime.seed * 1000 + k)
+    model = load_reward_backbone(backbone or r.backbone or cfg.paths.sft, seed=cfg.runtime.seed * 1000 + k)
     adapter = add_lora(model, r.lora, task_type=None, trainable=("score",)) if r.lora else None
     prepare_for_training(model, cfg.runtime)
     module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train),
@@ -128,14 +130,25 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
     return model, logger
 
 
-def fit_member(cfg: Config, k: int, data: "PairData", tokenizer, parent: str, out: Path) -> tuple[dict, tuple]:
-    """Train member ``k``, normalise it on SFT samples, save it under ``out``/member_<k>.
+def fit_member(cfg: Config, k: int, data: "PairData", tokenizer, parent: str, out: Path,
+               backbone: Path | None = None) -> tuple[dict, tuple]:  # fmt: skip
+    """Train member ``k`` (from ``backbone``, default the SFT policy), normalise it on SFT samples,
+    save it under ``out``/member_<k>.
 
     Returns its held-out quality and (P(chosen ≻ rejected), normalised chosen, rejected, fresh scores).
     """
+    model, logger = train_member(cfg, k, data.train, data.eval, tokenizer, parent, backbone=backbone)
+    member, scores = normalise_and_save(cfg, model, data, tokenizer, out / f"member_{k}")
+    logger.log_metrics(member)
+    logger.experiment.set_tag(logger.run_id, "path", str(Path(cfg.paths.reward) / f"member_{k}"))
+    logger.finalize("success")
+    return member, scores
+
+
+def normalise_and_save(cfg: Config, model, data: "PairData", tokenizer, path: Path) -> tuple[dict, tuple]:
+    """Normalise a reward model on SFT samples (mean 0, std 1 there: the PPO starting distribution),
+    measure it on the held-out pairs and save it (normalisation in its config.json)."""
     r = cfg.reward
-    model, logger = train_member(cfg, k, data.train, data.eval, tokenizer, parent)
-    # Normalise on SFT-policy samples: mean 0, std 1 there (the PPO starting distribution).
     raw_fresh = score_texts(model, tokenizer, *data.calibration, r.max_length).numpy()
     gain, bias = normalisation(raw_fresh)
     model.config.reward_gain, model.config.reward_bias = gain, bias
@@ -143,13 +156,40 @@ def fit_member(cfg: Config, k: int, data: "PairData", tokenizer, parent: str, ou
     # Calibration lives on the raw Bradley–Terry scale the model was trained on.
     prob = sigmoid(raw[0] - raw[1])
     scores = [gain * x + bias for x in (*raw, raw_fresh)]  # normalised: chosen, rejected, fresh
-    member = quality(prob, scores[0], scores[1], data.eval_labels, scores[2], data.sft_gold)
-    logger.log_metrics(member)
-    model.save_pretrained(out / f"member_{k}")
-    tokenizer.save_pretrained(out / f"member_{k}")
-    logger.experiment.set_tag(logger.run_id, "path", str(Path(cfg.paths.reward) / f"member_{k}"))
-    logger.finalize("success")
-    return member, (prob, *scores)
+    measured = quality(prob, scores[0], scores[1], data.eval_labels, scores[2], data.sft_gold)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return measured, (prob, *scores)
+
+
+def fit_warm(cfg: Config, data: "PairData", tokenizer, out: Path) -> dict:
+    """WARM: the members' weights averaged into one reward model, normalised and saved as ``out``/warm."""
+    from transformers import AutoModelForSequenceClassification
+
+    paths = sorted(out.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
+    models = [AutoModelForSequenceClassification.from_pretrained(str(p)).eval() for p in paths]
+    try:
+        averaged = average_weights([m.state_dict() for m in models])
+    except ValueError as err:
+        raise UserError(f"reward.warm: {err} ({out})") from None
+    warm = models[0]
+    warm.load_state_dict(averaged)
+    measured, _ = normalise_and_save(cfg, warm, data, tokenizer, out / "warm")
+    return {**measured, "rm/members": len(models)}
+
+
+def pretrain_backbones(cfg: Config, out: Path) -> list[Path]:
+    """``reward.member_init: pretrain-seed``: a backbone per member, trained from scratch on the
+    demonstrations like the SFT policy but with a seed of its own (at this scale, SFT from scratch is
+    the pre-training), so members differ in pre-training seed (Eisenstein et al. 2023)."""
+    from pipelines import sft
+
+    paths = []
+    for k in range(cfg.reward.members):
+        path = out / "backbones" / f"member_{k}"
+        sft.run(cfg.replace(paths={"sft": str(path)}, runtime={"seed": cfg.runtime.seed + 7919 * (k + 1)}))
+        paths.append(path)
+    return paths
 
 
 def fit_on_pairs(cfg: Config, n: int, data: "PairData", tokenizer, parent: str) -> float:
@@ -204,8 +244,9 @@ def run(cfg: Config, condition: str | None = None) -> dict:
         # One fit after another, all cores each: reward batches (2 × 64 sequences of up to 64 tokens)
         # keep both cores busy, and side by side measured 12 % slower here (132 vs 113 s).
         member_scores = []  # normalised held-out rewards per member: (prob, chosen, rejected, fresh)
+        backbones = pretrain_backbones(cfg, out) if r.member_init == "pretrain-seed" else [None] * r.members
         for k in range(r.members):
-            metrics[f"member_{k}"], scores = fit_member(cfg, k, data, tokenizer, parent, out)
+            metrics[f"member_{k}"], scores = fit_member(cfg, k, data, tokenizer, parent, out, backbones[k])
             member_scores.append(scores)
         # The ensemble's prediction averages member probabilities; its reward is the mean objective.
         prob, chosen, rejected, fresh_scores = (np.mean([s[i] for s in member_scores], axis=0) for i in range(4))
@@ -215,6 +256,8 @@ def run(cfg: Config, condition: str | None = None) -> dict:
         scaling = {str(n): fit_on_pairs(cfg, n, data, tokenizer, parent) for n in pair_counts}
         scaling[str(len(data.train))] = metrics["member_0"]["rm/accuracy"]
         metrics["scaling"] = scaling
+        if r.warm and r.members > 1:  # cheap (one averaging, two scoring passes): always there to use
+            metrics["warm"] = fit_warm(cfg, data, tokenizer, out)
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
         (out / "mlflow_run_id").write_text(parent + "\n")

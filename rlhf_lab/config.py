@@ -260,6 +260,11 @@ class RewardConfig:
     # (the chosen response wins with probability 1 − ε) and Eisenstein et al.'s reward centering η.
     label_smoothing: float = 0.0
     center_coef: float = 0.0
+    # Where each member starts (issue: remedies): `sft`, the SFT policy for every member (they differ in
+    # head init and data order: fine-tune seeds), or `pretrain-seed`, each member from a backbone of its
+    # own, trained from scratch on the demonstrations with another seed (Eisenstein et al. 2023).
+    member_init: Literal["sft", "pretrain-seed"] = "sft"
+    warm: bool = True  # also save the members' weight average (WARM, Ramé et al. 2024) as <reward>/warm
     max_length: int = 64
     # Accuracy vs number of pairs: one extra model per count, trained on a subset of the pairs.
     scaling_pairs: tuple[int, ...] = (250, 500, 1000, 2000)
@@ -271,6 +276,8 @@ class RewardConfig:
         _check(self.margin >= 0, "margin", "expected a number >= 0")
         _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "expected a number in [0, 0.5)")
         _check(self.center_coef >= 0, "center_coef", "expected a number >= 0")
+        _check(self.member_init == "sft" or self.backbone is None, "member_init",
+               "pretrain-seed trains each member's backbone from scratch: reward.backbone must be null")  # fmt: skip
         _check(all(n >= 2 for n in self.scaling_pairs), "scaling_pairs", "expected integers >= 2")
         if self.dataset is not None:
             _check_dataset(self.dataset, "dataset")
@@ -308,7 +315,7 @@ class PPOConfig:
     ppo_epochs: int = 2
     minibatches: int = 2
     # reward
-    reward_objective: Literal["single", "mean", "wco", "uwo"] = "single"
+    reward_objective: Literal["single", "mean", "wco", "uwo", "warm"] = "single"
     uwo_lambda: float = 0.5  # mean - lambda * variance across members
     members: Optional[int] = None  # use the first N ensemble members; None = all
     whiten_rewards: bool = False
@@ -696,6 +703,15 @@ def from_dict(data: Any) -> Config:
             where = f"ppo_runs.{name}" if name else "ppo"
             raise ConfigError(f"{where}.reward_condition: {run.ppo.reward_condition!r} is not one of "
                               f"reward_conditions: {', '.join(cfg.reward_conditions)}")  # fmt: skip
+    for name in [None, *cfg.ppo_runs]:  # WARM averages members of one initialisation (rewards/warm.py)
+        run = cfg.ppo_run(name) if name else cfg
+        if run.ppo.reward_objective == "warm":
+            where = f"ppo_runs.{name}" if name else "ppo"
+            reward = cfg.for_condition(run.ppo.reward_condition).reward
+            if not reward.warm or reward.members < 2 or reward.member_init != "sft":
+                raise ConfigError(f"{where}.reward_objective: warm needs its condition's reward.warm: true, "
+                                  "reward.members >= 2 and reward.member_init: sft (members fine-tuned from one "
+                                  "initialisation, as weight averaging requires)")  # fmt: skip
     for remedy, pairs in (cfg.report.remedies or {}).items():
         for setting, baseline in pairs.items():
             for name in (setting, baseline):

@@ -72,6 +72,13 @@ def test_dvc_yaml_declares_only_existing_params():
         ("ppo_runs:\n  b0: {beta: 0.0}\n  b1: {beta: 0.1}\nreport:\n  remedies: {adaptive_kl: {b0: b1}}\n",
          "report.remedies.adaptive_kl.b0: its baseline 'b1' must be a β = 0 single-RM setting"),
         ("report:\n  early_stop_patience: 0\n", "report.early_stop_patience: expected an integer >= 1, got 0"),
+        ("ppo_runs:\n  w: {reward_objective: warm}\nreward:\n  warm: false\n",
+         "ppo_runs.w.reward_objective: warm needs its condition's reward.warm: true"),
+        ("ppo_runs:\n  w: {reward_objective: warm}\nreward:\n  member_init: pretrain-seed\n",
+         "reward.member_init: sft (members fine-tuned from one initialisation"),
+        ("reward:\n  member_init: pretrain-seed\n  backbone: gpt2\n",
+         "reward.member_init: pretrain-seed trains each member's backbone from scratch: reward.backbone must be null"),
+        ("reward:\n  member_init: pretrained\n", "reward.member_init: expected one of"),
         ("ppo:\n  gold_probe: -1\n", "ppo.gold_probe: expected an integer >= 0, got -1"),
     ],
 )
@@ -184,7 +191,7 @@ def test_seeds_are_a_count_or_a_list():
 def test_example_params_load_and_name_every_dvc_param():
     for path in sorted((ROOT / "examples").glob("*/params.yaml")):
         cfg = config.load(path)
-        if path.parent.name not in ("study", "frontier"):  # those two run the built-in task
+        if path.parent.name not in ("study", "frontier", "remedies"):  # those run the built-in task
             assert cfg.task.gold and cfg.model.name_or_path  # a real setting: its own model and gold
         data = yaml.safe_load(path.read_text())
         assert set(data) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))  # every section dvc.yaml reads
@@ -199,6 +206,17 @@ def test_the_study_is_the_default_experiment_with_more_seeds_in_two_disjoint_set
     first, second = study.report.seed_sets
     assert len(first) >= 10 and len(second) >= 10 and not set(first) & set(second)
     assert set(first) | set(second) == set(study.ppo.seeds)
+
+
+def test_the_remedies_study_is_the_default_experiment_with_ten_seeds_and_every_remedy_named():
+    remedies, default = config.load(ROOT / "examples" / "remedies" / "params.yaml"), config.load(ROOT / "params.yaml")
+    a, b = remedies.to_dict(), default.to_dict()
+    changed = {f"{section}.{key}" for section in a if isinstance(a[section], dict) and section not in ("ppo_runs", "reward_conditions")
+               for key in a[section] if a[section][key] != b[section].get(key)}  # fmt: skip
+    assert changed == {"ppo.seeds", "report.title", "report.remedies", "sweep.n_trials", "sweep.iterations", "sweep.seeds"}
+    assert len(remedies.ppo.seeds) >= 10
+    named = {setting for pairs in remedies.report.remedies.values() for setting in pairs}
+    assert named <= set(remedies.ppo_runs) and len(named) == 2 * len(remedies.report.remedies)  # both conditions
 
 
 def test_the_frontier_is_the_default_experiment_plus_every_optimiser():

@@ -1,6 +1,7 @@
 """PPO end to end: a toy reward that PPO must raise, the stage on the tiny pipeline, resume."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.algorithms import ppo as pm
-from rlhf_lab.config import PPOConfig, RuntimeConfig
+from rlhf_lab.config import PPOConfig, RuntimeConfig, UserError
 from rlhf_lab.engine.ppo_module import PPOModule, response_logits
 from rlhf_lab.models.generation import position_ids, sample
 from rlhf_lab.runtime.stage import make_trainer
@@ -114,6 +115,24 @@ def test_ppo_stage_runs_every_seed_side_by_side_and_summarises(ppo_cfg):
     assert json.loads((out / "metrics.json").read_text())["seeds"]["3"]["gold_final"] == finals[3]
     assert sorted(pd.read_csv(out / "eval_history.csv")["seed"].unique()) == [0, 3]
     assert not (Path(ppo_cfg.paths.ppo) / ".checkpoints" / "default").exists()
+
+
+def test_the_warm_objective_trains_on_the_weight_average_and_evaluates_every_member_beside_it(ppo_cfg):
+    from pipelines import ppo
+
+    cfg = ppo_cfg.replace(ppo={"reward_objective": "warm", "seeds": [0], "run_name": "warm", "iterations": 2})
+    ppo.run(cfg)
+    seed_out = Path(cfg.paths.ppo) / "warm" / "seeds" / "seed_0"
+    frame = pd.read_csv(seed_out / "eval_history.csv")
+    assert frame["proxy"].tolist() == pytest.approx(frame["proxy_0"].tolist())  # the objective reads WARM
+    assert "proxy_2" in frame  # WARM, then members 0 and 1
+    assert json.loads((seed_out / "run.json").read_text())["objective"] == "warm"
+    missing = cfg.replace(paths={"reward": str(Path(cfg.paths.ppo) / "no_rewards")})
+    shutil.copytree(Path(cfg.for_condition().paths.reward), Path(missing.for_condition().paths.reward),
+                    ignore=shutil.ignore_patterns("warm"))  # fmt: skip
+    with pytest.raises(UserError, match=r"ppo.reward_objective: warm needs .*no_rewards/clean/warm"):
+        ppo.run(missing.replace(ppo={"run_name": "warm_missing"}))
+    assert not (Path(cfg.paths.ppo) / "warm_missing").exists()
 
 
 def test_a_run_stops_at_the_first_evaluation_that_reaches_its_kl_budget(ppo_cfg):

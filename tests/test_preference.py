@@ -126,3 +126,18 @@ def test_ensemble_objectives_on_hand_made_rewards():
     assert disagreement(rewards).tolist() == pytest.approx([math.sqrt(2 / 3), math.sqrt(2)])
     with pytest.raises(ValueError, match="unknown ensemble objective"):
         aggregate(rewards, "median")
+
+
+def test_warm_averages_float_weights_keeps_equal_buffers_and_refuses_other_architectures():
+    from rlhf_lab.rewards.warm import average_weights
+
+    a = {"w": torch.tensor([1.0, 3.0]), "mask": torch.tensor([True, False])}
+    b = {"w": torch.tensor([3.0, -1.0]), "mask": torch.tensor([True, False])}
+    avg = average_weights([a, b])
+    assert avg["w"].tolist() == [2.0, 1.0] and torch.equal(avg["mask"], a["mask"])
+    with pytest.raises(ValueError, match=r"member 1: w has shape \(3,\), member 0 \(2,\)"):
+        average_weights([a, {"w": torch.zeros(3), "mask": a["mask"]}])
+    with pytest.raises(ValueError, match="member 1 and member 0 differ in their weights"):
+        average_weights([a, {"v": torch.zeros(2), "mask": a["mask"]}])
+    with pytest.raises(ValueError, match="mask: a non-float tensor"):
+        average_weights([a, {"w": b["w"], "mask": torch.tensor([False, False])}])

@@ -90,3 +90,49 @@ def test_external_preference_dataset_trains(tmp_path, tiny_cfg, reward_stage):
     assert metrics["ensemble"]["rm/accuracy"] > 0.9
     # Normalised on the preference stage's fresh SFT samples, whose built-in gold it is compared with.
     assert "rm/spearman_sft" in metrics["ensemble"]
+
+
+def test_warm_is_the_members_weight_average_normalised_on_sft_samples(tiny_cfg, reward_stage):
+    root = Path(tiny_cfg.for_condition().paths.reward)
+    models = [AutoModelForSequenceClassification.from_pretrained(str(root / name)) for name in ("member_0", "member_1", "warm")]
+    a, b, warm = (dict(m.named_parameters()) for m in models)
+    for name in a:
+        torch.testing.assert_close(warm[name], (a[name] + b[name]) / 2)
+    assert reward_stage["warm"]["rm/members"] == 2 and reward_stage["warm"]["rm/accuracy"] > 0.65
+    rows = read_jsonl(Path(tiny_cfg.for_condition().paths.preferences) / "sft_samples.jsonl")
+    tok = AutoTokenizer.from_pretrained(str(root / "warm"))
+    ids, mask = encode_texts(tok, [f"{r['prompt']} {r['response']}" for r in rows], 64, [r["ended"] for r in rows])
+    with torch.no_grad():
+        z = models[2].config.reward_gain * last_token_scores(models[2].eval(), ids, mask).numpy() + models[2].config.reward_bias
+    assert abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-3
+
+
+def test_the_regularisers_reach_the_reward_models_loss(tiny_cfg, reward_stage):
+    from pipelines.reward import pair_loader
+    from rlhf_lab.algorithms.bradley_terry import bradley_terry_loss
+    from rlhf_lab.rewards.reward_model import RewardModule
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.for_condition().paths.reward) / "member_0"))
+    rows = read_jsonl(Path(tiny_cfg.for_condition().paths.preferences) / "train.jsonl")[:8]
+    batch = next(iter(pair_loader(AutoTokenizer.from_pretrained(str(Path(tiny_cfg.paths.sft))), rows, 64, 8, False, 0)))
+    module = RewardModule(model, 1e-3, 0.0, 0.0, total_steps=1, label_smoothing=0.2, center_coef=0.05)
+    chosen, rejected = module._rewards(batch)
+    expected = bradley_terry_loss(chosen, rejected, 0.0, 0.2, 0.05)
+    assert module.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(bradley_terry_loss(chosen, rejected).item(), rel=1e-3)
+
+
+def test_pretrain_seed_members_start_from_backbones_of_their_own(tmp_path, tiny_cfg, reward_stage):
+    from pipelines import reward
+
+    cfg = tiny_cfg.replace(reward={"member_init": "pretrain-seed", "epochs": 1, "scaling_pairs": (), "warm": False},
+                           sft={"epochs": 1}, paths={"reward": str(tmp_path / "rm")})  # fmt: skip
+    metrics = reward.run(cfg)
+    root = Path(cfg.for_condition().paths.reward)
+    weights = lambda path: AutoModelForSequenceClassification.from_pretrained(str(path)).transformer.wte.weight  # noqa: E731
+    b0, b1, sft = weights(root / "backbones" / "member_0"), weights(root / "backbones" / "member_1"), weights(tiny_cfg.paths.sft)
+    assert not torch.allclose(b0, b1) and not torch.allclose(b0, sft)  # other seeds, not the SFT policy
+    # Each member fine-tuned from its own backbone: its embeddings are closer to it than to the other's.
+    m0 = weights(root / "member_0")
+    assert (m0 - b0).norm() < (m0 - b1).norm()
+    assert metrics["member_1"]["rm/accuracy"] > 0.55 and not (root / "warm").exists()

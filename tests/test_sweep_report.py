@@ -181,6 +181,7 @@ def test_report_stage(experiment_cfg, experiment):
             assert 0 <= saved[f"frontier.{algorithm}.gold_peak_vs_ppo.p"] <= saved[f"frontier.{algorithm}.gold_peak_vs_ppo.p_holm"]
     # Section 10: early stopping, two rules over the β = 0 single-RM runs' own evaluations.
     assert "10. Remedies against over-optimisation" in page
+    assert "ensemble kind" in page and "fine-tune seed" in page  # the agreement table of each kind
     histories = [pd.read_csv(runs / "beta0" / "seeds" / f"seed_{s}" / "eval_history.csv") for s in (0, 1)]
     for rule in ("early_stop_proxy", "early_stop_gold"):
         key = f"remedy.{rule}.clean.gold_final"

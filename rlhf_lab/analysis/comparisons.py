@@ -17,7 +17,8 @@ from rlhf_lab.analysis.fits import value_at_kl, values_on_d_grid
 from rlhf_lab.analysis.stats import Difference, Interval, t_interval, welch_difference
 from rlhf_lab.data.files import read_jsonl
 
-OBJECTIVE_NAMES = {"single": "single RM", "mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted"}
+OBJECTIVE_NAMES = {"single": "single RM", "mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted",
+                   "warm": "WARM (weight average)"}
 
 
 def seed_band(hist: pd.DataFrame, y: str, x: str = "d", interval=t_interval) -> pd.DataFrame:
@@ -80,25 +81,33 @@ def ensemble_comparison(runs: pd.DataFrame, hist: pd.DataFrame, requested_kl: fl
     return pd.DataFrame(rows)
 
 
-def member_agreement(runs: pd.DataFrame) -> pd.DataFrame:
+def member_agreement(runs: pd.DataFrame, kinds: dict[str, str] | None = None) -> pd.DataFrame:
     """Why ensembles may not help: on the β = 0 policies' final samples, the mean correlation between
     members' scores, and the share of gold-losing samples (gold < 0) that every member rates above
-    the SFT average (normalised reward > 0): a hack all members share, which no aggregate can see."""
+    the SFT average (normalised reward > 0): a hack all members share, which no aggregate can see.
+    ``kinds`` names each condition's kind of ensemble (fine-tune seed, pre-train seed) for a column;
+    a WARM run's first score is the weight average, kept out of the members' columns."""
     rows = []
     zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]]
     for (condition, objective), group in zero.groupby(["condition", "objective"], sort=False):
         samples = [row for path in group["path"] for row in read_jsonl(Path(path) / "final_samples.jsonl")]
         members = np.array([row["members"] for row in samples])  # (samples, K)
+        if objective == "warm":
+            members = members[:, 1:]
         gold = np.array([row["gold"] for row in samples])
+        objective_score = np.array([row["proxy"] for row in samples])
         if members.shape[1] < 2:
             continue
         corr = np.corrcoef(members.T)
         bad = gold < 0
+        kind = "WARM" if objective == "warm" else (kinds or {}).get(condition)
         rows.append({
+            **({"ensemble kind": kind} if kinds else {}),
             "condition": condition, "objective": OBJECTIVE_NAMES[objective], "samples": len(samples),
             "member correlation": float(corr[np.triu_indices_from(corr, 1)].mean()),
             "gold < 0": float(bad.mean()),
             "of those, all members > 0": float((members[bad] > 0).all(axis=1).mean()) if bad.any() else float("nan"),
+            "of those, the objective > 0": float((objective_score[bad] > 0).mean()) if bad.any() else float("nan"),
         })  # fmt: skip
     return pd.DataFrame(rows)
 

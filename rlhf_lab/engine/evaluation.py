@@ -63,6 +63,7 @@ class Evaluation(Callback):
         ref_logprobs, kl_exact = module.reference_logprobs(seq, seq_mask, out.response_ids, out.distributions)
         members = module.score(seq, seq_mask, ids.shape[1])  # (K, B)
         proxy = aggregate(members, cfg.reward_objective, cfg.uwo_lambda)
+        spread = members[1:] if cfg.reward_objective == "warm" else members  # the members, not their average
         per_seq = lambda x: (x * rmask).sum(1).mean().item()  # noqa: E731
         row = {
             "step": iteration,
@@ -71,7 +72,7 @@ class Evaluation(Callback):
             "kl_k3": per_seq(pm.kl_k3(out.logprobs, ref_logprobs)),
             "proxy": proxy.mean().item(),
             **{f"proxy_{k}": members[k].mean().item() for k in range(members.shape[0])},
-            "disagreement": disagreement(members).mean().item() if members.shape[0] > 1 else 0.0,
+            "disagreement": disagreement(spread).mean().item() if spread.shape[0] > 1 else 0.0,
             "length": rmask.sum(1).float().mean().item(),
             "eos_rate": out.ended.float().mean().item(),
             "beta": module.kl_ctl.value,

@@ -213,8 +213,8 @@ class OnlinePolicyModule(pl.LightningModule):
         ref_logprobs, kl_exact = self.reference_logprobs(seq, seq_mask, response_ids, distributions)
         P = seq.shape[1] - response_ids.shape[1]
         values = self.rollout_values(seq, seq_mask, P)
-        # The single objective reads member 0 only: the other members' passes are left to the evaluations.
-        members = 1 if self.cfg.reward_objective == "single" else None
+        # The single and WARM objectives read the first model only: the others are left to the evaluations.
+        members = 1 if self.cfg.reward_objective in ("single", "warm") else None
         return ref_logprobs, values, self.score(seq, seq_mask, P, members), kl_exact
 
     @torch.no_grad()

@@ -26,8 +26,9 @@ def uncertainty_weighted_objective(rewards: torch.Tensor, lam: float) -> torch.T
 
 
 def aggregate(rewards: torch.Tensor, objective: str, lam: float = 0.0) -> torch.Tensor:
-    """The scalar training reward (B,) from member rewards (K, B). ``single`` uses member 0."""
-    if objective == "single":
+    """The scalar training reward (B,) from member rewards (K, B). ``single`` uses member 0; so does
+    ``warm``, for which the stage puts the members' weight average first (rewards/warm.py)."""
+    if objective in ("single", "warm"):
         return rewards[0]
     if objective == "mean":
         return mean_objective(rewards)

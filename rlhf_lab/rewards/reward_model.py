@@ -61,6 +61,11 @@ def member_paths(cfg: Config) -> list[Path]:
     return paths[: cfg.ppo.members] if cfg.ppo.members else paths
 
 
+def warm_path(cfg: Config) -> Path:
+    """Where the reward stage saves the members' weight average (WARM)."""
+    return Path(cfg.paths.reward) / "warm"
+
+
 def load_frozen_reward(path: Path):
     """A saved member, as plain transformers loads it, in eval mode (normalisation in its config)."""
     from transformers import AutoModelForSequenceClassification
