@@ -91,7 +91,7 @@ MODULES = {"ppo": PPOModule, "rloo": RLOOModule, "grpo": GRPOModule, "dpo": Dire
 def build_module(cfg: Config, tokenizer) -> tuple[OnlinePolicyModule, object | None]:
     """The algorithm's module and, with ``model.lora``, the policy's peft wrapper (it saves the adapter)."""
     members = member_paths(cfg)
-    policy = load_causal_lm(cfg.paths.sft)
+    policy = load_causal_lm(cfg.ppo.init_policy or cfg.paths.sft)
     adapter, ref = None, None
     if cfg.model.lora:  # the reference is the policy with its adapter off: no second copy
         adapter = add_lora(policy, cfg.model.lora)
@@ -232,7 +232,11 @@ def resumable_checkpoint(ckpt_dir: Path, config_text: str) -> Path | None:
 
 
 def train_job(job: tuple[Config, Path]) -> dict:
-    """:func:`train` as a worker job: (config, output folder)."""
+    """:func:`train` as a worker job: (config, output folder); iterated RLHF's rounds with ppo.rounds > 1."""
+    if job[0].ppo.rounds > 1:
+        from pipelines.iterated import train_rounds
+
+        return train_rounds(*job)
     return train(*job)
 
 

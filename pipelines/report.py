@@ -302,6 +302,7 @@ def run(cfg: Config) -> dict:
             "pre-training seed (<code>reward.member_init: pretrain-seed</code>), and WARM (one model, the members' "
             "weights averaged; its members' columns are those it averages).</p>",
             table(member_agreement(remedy_runs, kinds)),
+            *rounds_section(remedy_runs),
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
     return metrics
@@ -327,6 +328,24 @@ def frontier_section(table_frame: pd.DataFrame, runs: pd.DataFrame, hist: pd.Dat
         "of its own, outside the primary one).</p>",
         table(table_frame),
     ])  # fmt: skip
+
+
+def rounds_section(runs: pd.DataFrame) -> list[str]:
+    """Iterated RLHF, per setting and round: mean over seeds of the round's final gold, proxy and KL and
+    of its reward model's accuracy on held-out SFT pairs and on pairs of the policy it trained."""
+    frames = [pd.read_csv(Path(path) / "rounds.csv").assign(setting=setting, seed=seed)
+              for path, setting, seed in zip(runs["path"], runs["setting"], runs["seed"])
+              if (Path(path) / "rounds.csv").is_file()]  # fmt: skip
+    if not frames:
+        return []
+    rounds = pd.concat(frames).groupby(["setting", "round"]).agg(
+        seeds=("seed", "nunique"), pairs=("pairs", "mean"), iterations=("iterations", "mean"),
+        gold=("gold", "mean"), proxy=("proxy", "mean"), kl=("kl", "mean"),
+        rm_accuracy_sft_pairs=("rm_accuracy_sft_pairs", "mean"),
+        rm_accuracy_policy_pairs=("rm_accuracy_policy_pairs", "mean")).reset_index().round(3)  # fmt: skip
+    return ["<p>Iterated RLHF, per round (mean over seeds): the round's final gold, proxy and KL, and its reward "
+            "model's accuracy on held-out SFT pairs and on pairs drawn from the policy it trained (gold labels). "
+            "Proxy values of different rounds come from different reward models.</p>", table(rounds)]
 
 
 def remedies_section(family: pd.DataFrame, cfg: Config) -> str:

@@ -308,6 +308,14 @@ class PPOConfig:
     loss_type: Optional[Literal["grpo", "bnpo", "dr_grpo", "dapo"]] = None  # null = dapo
     clip_eps_high: Optional[float] = None  # null = clip_eps
     iterations: int = 200  # the cap; with kl_budget a run usually ends earlier
+    # Where the policy starts (a saved causal LM); None: paths.sft. The reference is always paths.sft.
+    init_policy: Optional[str] = None
+    # Iterated RLHF (pipelines/iterated.py): rounds > 1 splits the label budget (preferences.pairs) and the
+    # iteration cap equally over the rounds; each later round labels pairs drawn from the last policy.
+    rounds: int = 1
+    round_pairs: Literal["all", "new"] = "all"  # a round's reward model learns every round's pairs, or its own
+    round_reward: Literal["latest", "ensemble"] = "latest"  # the policy optimises the latest RM, or all rounds' (mean)
+    round_start: Literal["last", "sft"] = "last"  # a round continues the last round's policy, or restarts from SFT
     # Stop at the first evaluation whose KL to the reference (nats per response) reaches this: runs
     # then end at one distance from SFT, whatever their speed. None: run every iteration.
     kl_budget: Optional[float] = None
@@ -357,6 +365,9 @@ class PPOConfig:
     def __post_init__(self):
         object.__setattr__(self, "seeds", seed_list(self.seeds, "seeds"))
         _check(self.gold_probe >= 0, "gold_probe", "expected an integer >= 0")
+        _check(self.rounds >= 1, "rounds", "expected an integer >= 1")
+        _check(self.rounds == 1 or self.online, "rounds", f"iterated RLHF samples from the policy: {self.algorithm} is offline")
+        _check(self.rounds <= self.iterations, "rounds", f"more rounds than iterations ({self.iterations}) to share")
         for name in ("iterations", "batch_size", "ppo_epochs", "minibatches", "max_new_tokens",
                      "eval_every", "checkpoint_every", "kl_horizon"):  # fmt: skip
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
@@ -545,8 +556,10 @@ class Config:
         overrides = {**self.ppo_runs[name], "run_name": name}
         ppo = section_from_dict(PPOConfig, {**self.to_dict()["ppo"], **overrides}, f"ppo_runs.{name}")
         # Only its own entry stays: the other settings' overrides were written for the ppo section,
-        # not on top of this one (a beta: 0 entry on an IPO setting would be invalid).
-        return dataclasses.replace(self, ppo=ppo, ppo_runs={name: self.ppo_runs[name]})
+        # not on top of this one (a beta: 0 entry on an IPO setting would be invalid). The report's
+        # remedies name other settings: a run does not read them.
+        report = dataclasses.replace(self.report, remedies=None)
+        return dataclasses.replace(self, ppo=ppo, ppo_runs={name: self.ppo_runs[name]}, report=report)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -703,6 +716,20 @@ def from_dict(data: Any) -> Config:
             where = f"ppo_runs.{name}" if name else "ppo"
             raise ConfigError(f"{where}.reward_condition: {run.ppo.reward_condition!r} is not one of "
                               f"reward_conditions: {', '.join(cfg.reward_conditions)}")  # fmt: skip
+    for name in [None, *cfg.ppo_runs]:  # iterated RLHF labels its later rounds' pairs with gold
+        run = cfg.ppo_run(name) if name else cfg
+        if run.ppo.rounds > 1:
+            where = f"ppo_runs.{name}" if name else "ppo"
+            condition = cfg.for_condition(run.ppo.reward_condition)
+            if condition.reward.dataset is not None or condition.task.gold == "none":
+                raise ConfigError(f"{where}.rounds: iterated RLHF labels new pairs with the gold reward; its "
+                                  "condition has none (reward.dataset or task.gold: none)")  # fmt: skip
+            if condition.preferences.pairs < run.ppo.rounds:
+                raise ConfigError(f"{where}.rounds: {run.ppo.rounds} rounds share a label budget of "
+                                  f"preferences.pairs = {condition.preferences.pairs}: fewer labels than rounds")  # fmt: skip
+            if cfg.model.lora and run.ppo.round_start == "last":
+                raise ConfigError(f"{where}.round_start: last continues a saved policy, and with model.lora the "
+                                  "reference would be that policy with its adapter off; use round_start: sft")  # fmt: skip
     for name in [None, *cfg.ppo_runs]:  # WARM averages members of one initialisation (rewards/warm.py)
         run = cfg.ppo_run(name) if name else cfg
         if run.ppo.reward_objective == "warm":

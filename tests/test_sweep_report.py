@@ -218,14 +218,21 @@ def test_a_report_over_a_partial_grid_renders_what_exists_and_says_what_it_skipp
 
 
 def test_a_remedy_setting_is_measured_against_its_baseline_and_kept_out_of_the_study(tmp_path, experiment_cfg, experiment):
-    from pipelines import report
+    from pipelines import ppo, report
 
     for setting in ("beta0", "beta01"):
         shutil.copytree(Path(experiment_cfg.paths.ppo) / setting, tmp_path / "ppo" / setting)
     cfg = experiment_cfg.replace(paths={"ppo": str(tmp_path / "ppo"), "sweep": str(tmp_path / "no_sweep"),
                                         "report": str(tmp_path / "report")},
-                                 report={"remedies": {"label_smoothing": {"beta01": "beta0"}}})  # fmt: skip
+                                 ppo_runs={**experiment_cfg.ppo_runs, "iterated": {"beta": 0.0, "rounds": 2}},
+                                 report={"remedies": {"label_smoothing": {"beta01": "beta0"},
+                                                      "iterated": {"iterated": "beta0"}}})  # fmt: skip
+    ppo.run(cfg, run_name="iterated")
     metrics = report.run(cfg)
+    iterated = [json.loads((tmp_path / "ppo" / "iterated" / "seeds" / f"seed_{k}" / "metrics.json").read_text())["gold_final"]
+                for k in (0, 1)]  # fmt: skip
+    assert metrics["remedy.iterated.clean.gold_final.mean"] == pytest.approx(sum(iterated) / 2)
+    assert "Iterated RLHF, per round" in (tmp_path / "report" / "report.html").read_text()
     finals = {s: [json.loads((tmp_path / "ppo" / s / "seeds" / f"seed_{k}" / "metrics.json").read_text())["gold_final"]
                   for k in (0, 1)] for s in ("beta0", "beta01")}  # fmt: skip
     key = "remedy.label_smoothing.clean.gold_final"

@@ -89,7 +89,9 @@ def member_agreement(runs: pd.DataFrame, kinds: dict[str, str] | None = None) ->
     a WARM run's first score is the weight average, kept out of the members' columns."""
     rows = []
     zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]]
-    for (condition, objective), group in zero.groupby(["condition", "objective"], sort=False):
+    # With kinds, one row per setting (settings of one condition and objective may hold other members).
+    keys = ["condition", "objective", "setting"] if kinds else ["condition", "objective"]
+    for (condition, objective, *setting), group in zero.groupby(keys, sort=False):
         samples = [row for path in group["path"] for row in read_jsonl(Path(path) / "final_samples.jsonl")]
         members = np.array([row["members"] for row in samples])  # (samples, K)
         if objective == "warm":
@@ -102,7 +104,7 @@ def member_agreement(runs: pd.DataFrame, kinds: dict[str, str] | None = None) ->
         bad = gold < 0
         kind = "WARM" if objective == "warm" else (kinds or {}).get(condition)
         rows.append({
-            **({"ensemble kind": kind} if kinds else {}),
+            **({"ensemble kind": kind, "setting": setting[0]} if kinds else {}),
             "condition": condition, "objective": OBJECTIVE_NAMES[objective], "samples": len(samples),
             "member correlation": float(corr[np.triu_indices_from(corr, 1)].mean()),
             "gold < 0": float(bad.mean()),
