@@ -21,16 +21,17 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from pipelines import ppo as ppo_stage
 from pipelines import reward as reward_stage
 from pipelines.preferences import make_pairs
 from rlhf_lab.algorithms.bradley_terry import pairwise_accuracy
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.data.files import read_jsonl, read_texts, write_json, write_jsonl
+from rlhf_lab.engine.evaluation import run_metrics
 from rlhf_lab.models.loading import load_causal_lm, load_tokenizer
 from rlhf_lab.rewards.gold import gold_reward
 from rlhf_lab.rewards.reward_model import load_frozen_reward, score_texts
@@ -68,7 +69,8 @@ def train_reward(cfg: Config, pairs: list[dict], folder: Path, tokenizer, parent
     return quality
 
 
-def train_rounds(cfg: Config, out: Path) -> dict:
+def train_rounds(cfg: Config, out: Path, train_one: Callable[[Config, Path], dict]) -> dict:
+    """One seed's rounds; ``train_one`` is the PPO stage's single run (config, folder) -> metrics."""
     p, name, seed = cfg.ppo, cfg.ppo.run_name, cfg.ppo.seed
     gold = gold_reward(cfg)
     if gold is None:
@@ -97,7 +99,7 @@ def train_rounds(cfg: Config, out: Path) -> dict:
                            ppo={"run_name": f"{name}-round{r}", "iterations": iterations[r - 1], "rounds": 1,
                                 "init_policy": str(start) if start else None, "members": None,
                                 "reward_objective": "mean" if len(used) > 1 else "single"})  # fmt: skip
-        metrics = ppo_stage.train(rcfg, folder / "ppo")
+        metrics = train_one(rcfg, folder / "ppo")
         policy = folder / "ppo" / "policy"
         spent = json.loads((folder / "ppo" / "cost.json").read_text())
         cost = {k: cost[k] + spent[k] for k in cost}
@@ -123,9 +125,11 @@ def train_rounds(cfg: Config, out: Path) -> dict:
     write_jsonl(out / "samples.jsonl", samples)
     shutil.copy(last / "final_samples.jsonl", out / "final_samples.jsonl")
     shutil.copytree(last / "policy", out / "policy")
-    metrics = ppo_stage.summary(history.to_dict("records"))
+    metrics = run_metrics(history.to_dict("records"))
     write_json(out / "metrics.json", metrics)
-    write_json(out / "run.json", {**ppo_stage.describe_run(cfg), "rounds": p.rounds, "round_pairs": p.round_pairs,
+    described = json.loads((last / "run.json").read_text())  # the last round's, as the whole run
+    write_json(out / "run.json", {**described, "setting": name, "condition": Path(cfg.paths.reward).name,
+                                  "objective": p.reward_objective, "rounds": p.rounds, "round_pairs": p.round_pairs,
                                   "round_reward": p.round_reward, "round_start": p.round_start})  # fmt: skip
     write_json(out / "cost.json", {**cost, "models_in_memory": json.loads((last / "cost.json").read_text())["models_in_memory"]})
     return metrics

@@ -27,13 +27,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from pipelines.iterated import train_rounds
 from rlhf_lab import config as config_lib
 from rlhf_lab.analysis.stats import bootstrap_mean_interval, t_interval
 from rlhf_lab.config import Config, ConfigError, UserError
 from rlhf_lab.data.files import read_texts, write_json, write_jsonl
 from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule
 from rlhf_lab.engine.direct import DirectAlignmentModule, encode_pairs
-from rlhf_lab.engine.evaluation import Evaluation
+from rlhf_lab.engine.evaluation import Evaluation, run_metrics
 from rlhf_lab.engine.online import OnlinePolicyModule
 from rlhf_lab.engine.ppo_module import PPOModule, iteration_of, optimizer_steps_per_iteration
 from rlhf_lab.models.generation import left_pad
@@ -115,20 +116,6 @@ def build_module(cfg: Config, tokenizer) -> tuple[OnlinePolicyModule, object | N
     return module, adapter
 
 
-def summary(history: list[dict]) -> dict:
-    frame = pd.DataFrame(history)
-    last = frame.iloc[-1]
-    metrics = {"proxy_final": float(last["proxy"]), "kl_final": float(last["kl"]), "steps": int(last["step"])}
-    if "gold" in frame:
-        peak = frame.loc[frame["gold"].idxmax()]
-        metrics.update({
-            "gold_peak": float(peak["gold"]), "gold_peak_step": int(peak["step"]),
-            "gold_peak_kl": float(peak["kl"]), "gold_final": float(last["gold"]),
-            "gold_initial": float(frame.iloc[0]["gold"]),
-        })  # fmt: skip
-    return metrics
-
-
 def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | None = None) -> dict:
     """One PPO run of ``cfg`` (its ``ppo.seed``), written into the folder ``out``; returns its metrics.
 
@@ -172,7 +159,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     start = time.perf_counter()
     trainer.fit(module, iterations, ckpt_path=str(resume) if resume else None, weights_only=True)
     evaluation(module, iteration_of(module))  # the final evaluation (done already if the KL budget stopped it)
-    metrics = summary(evaluation.history)  # what the run reached: the same numbers when resumed
+    metrics = run_metrics(evaluation.history)  # what the run reached: the same numbers when resumed
     spent = cost(module, time.perf_counter() - start)  # what it cost: a measurement, kept apart
     if not trainer.is_global_zero:
         return metrics
@@ -234,9 +221,7 @@ def resumable_checkpoint(ckpt_dir: Path, config_text: str) -> Path | None:
 def train_job(job: tuple[Config, Path]) -> dict:
     """:func:`train` as a worker job: (config, output folder); iterated RLHF's rounds with ppo.rounds > 1."""
     if job[0].ppo.rounds > 1:
-        from pipelines.iterated import train_rounds
-
-        return train_rounds(*job)
+        return train_rounds(*job, train_one=train)
     return train(*job)
 
 

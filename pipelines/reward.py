@@ -31,9 +31,10 @@ from rlhf_lab.algorithms.bradley_terry import (
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.data.files import DataError, read_jsonl, write_json
 from rlhf_lab.data.layouts import Rows, join_text
+from rlhf_lab.engine.reward_module import RewardModule
 from rlhf_lab.models.loading import encode_texts, load_tokenizer, prepare_for_training
 from rlhf_lab.models.lora import add_lora
-from rlhf_lab.rewards.reward_model import RewardModule, load_reward_backbone, score_texts
+from rlhf_lab.rewards.reward_model import load_reward_backbone, score_texts
 from rlhf_lab.rewards.warm import average_weights
 from rlhf_lab.runtime.stage import (
     apply_runtime,

@@ -110,7 +110,7 @@ def test_warm_is_the_members_weight_average_normalised_on_sft_samples(tiny_cfg, 
 def test_the_regularisers_reach_the_reward_models_loss(tiny_cfg, reward_stage):
     from pipelines.reward import pair_loader
     from rlhf_lab.algorithms.bradley_terry import bradley_terry_loss
-    from rlhf_lab.rewards.reward_model import RewardModule
+    from rlhf_lab.engine.reward_module import RewardModule
 
     model = AutoModelForSequenceClassification.from_pretrained(str(Path(tiny_cfg.for_condition().paths.reward) / "member_0"))
     rows = read_jsonl(Path(tiny_cfg.for_condition().paths.preferences) / "train.jsonl")[:8]

@@ -3,6 +3,7 @@ prompts, on the policy's own samples, every ``ppo.eval_every`` iterations."""
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -103,3 +104,19 @@ class Evaluation(Callback):
         if self.logger is not None and module.trainer is not None and module.trainer.is_global_zero:
             self.logger.log_metrics({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=iteration)
         module.policy.train(was_training)
+
+
+def run_metrics(history: list[dict]) -> dict:
+    """What a run reached, from its evaluation history: final proxy, KL and step; with gold, its peak
+    (value, step, KL), final and initial gold."""
+    frame = pd.DataFrame(history)
+    last = frame.iloc[-1]
+    metrics = {"proxy_final": float(last["proxy"]), "kl_final": float(last["kl"]), "steps": int(last["step"])}
+    if "gold" in frame:
+        peak = frame.loc[frame["gold"].idxmax()]
+        metrics.update({
+            "gold_peak": float(peak["gold"]), "gold_peak_step": int(peak["step"]),
+            "gold_peak_kl": float(peak["kl"]), "gold_final": float(last["gold"]),
+            "gold_initial": float(frame.iloc[0]["gold"]),
+        })  # fmt: skip
+    return metrics

@@ -12,13 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 
-from rlhf_lab.algorithms.bradley_terry import bradley_terry_loss
 from rlhf_lab.algorithms.ppo import last_token_index
 from rlhf_lab.config import Config, UserError
-from rlhf_lab.engine.sft_module import check_finite
 from rlhf_lab.models.generation import position_ids
 from rlhf_lab.models.loading import encode_texts
 
@@ -97,48 +94,6 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 def normalised(model, raw: torch.Tensor) -> torch.Tensor:
     """gain · raw + bias with the constants saved in the model's config (identity if none)."""
     return getattr(model.config, "reward_gain", 1.0) * raw + getattr(model.config, "reward_bias", 0.0)
-
-
-class RewardModule(pl.LightningModule):
-    """Bradley–Terry training. Batches: (chosen_ids, chosen_mask, rejected_ids, rejected_mask)."""
-
-    def __init__(self, model, lr: float, weight_decay: float, margin: float, total_steps: int,
-                 label_smoothing: float = 0.0, center_coef: float = 0.0):  # fmt: skip
-        super().__init__()
-        self.model = model
-        self.lr, self.weight_decay, self.margin, self.total_steps = lr, weight_decay, margin, total_steps
-        self.label_smoothing, self.center_coef = label_smoothing, center_coef
-
-    def _rewards(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        c_ids, c_mask, r_ids, r_mask = batch
-        width = max(c_ids.shape[1], r_ids.shape[1])
-        pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
-        # One forward for both sides: (2B, T)
-        scores = last_token_scores(
-            self.model, torch.cat([pad(c_ids), pad(r_ids)]), torch.cat([pad(c_mask), pad(r_mask)])
-        )
-        return scores.chunk(2)
-
-    def training_step(self, batch, batch_idx):
-        chosen, rejected = self._rewards(batch)
-        loss = bradley_terry_loss(chosen, rejected, self.margin, self.label_smoothing, self.center_coef)
-        check_finite(loss, f"reward model step {self.global_step}")
-        self.log("rm/train_loss", loss, prog_bar=True)
-        self.log("rm/train_accuracy", (chosen > rejected).float().mean())
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        chosen, rejected = self._rewards(batch)
-        self.log("rm/val_loss", bradley_terry_loss(chosen, rejected), prog_bar=True)
-        self.log("rm/val_accuracy", (chosen > rejected).float().mean(), prog_bar=True)
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        # Linear decay to zero, the usual reward-model schedule (Ouyang et al. 2022).
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1 - step / max(1, self.total_steps))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 @torch.no_grad()
