@@ -238,7 +238,7 @@ def run(cfg: Config) -> dict:
                  for c in conditions}  # fmt: skip
         probe = min(cfg.ppo.gold_probe, cfg.data.eval_prompts)
         remedies = remedies_family(remedy_arms(remedy_runs, remedy_hist, r.remedies, r.early_stop_patience,
-                                               r.gold_probe_every, probe), r.alpha)  # fmt: skip
+                                               r.gold_probe_every, probe, r.early_stop or ("proxy", "gold")), r.alpha)  # fmt: skip
         metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for k, v in remedies_metrics(remedies).items()})  # fmt: skip
         write_json(out / "metrics.json", metrics)

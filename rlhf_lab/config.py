@@ -466,6 +466,9 @@ class ReportConfig:
     # Remedies (report section 10). Early stopping is a rule over the β = 0 single-RM runs' own
     # evaluations: stop after `early_stop_patience` evaluations without improvement, return the best;
     # the gold-budget rule reads ppo.gold_probe prompts every `gold_probe_every` evaluations.
+    # The rules measured: proxy (held-out members), gold (probe prompts). None: each rule the runs can feed;
+    # a rule named here without what it reads is an error.
+    early_stop: Optional[tuple[str, ...]] = None
     early_stop_patience: int = 2
     gold_probe_every: int = 1
     # Remedies that are settings of their own: {remedy: {setting: the β = 0 single-RM setting it is
@@ -474,6 +477,7 @@ class ReportConfig:
 
     def __post_init__(self):
         _check(self.early_stop_patience >= 1, "early_stop_patience", "expected an integer >= 1")
+        _check(set(self.early_stop or ()) <= {"proxy", "gold"}, "early_stop", "expected a list of proxy and/or gold")
         _check(self.gold_probe_every >= 1, "gold_probe_every", "expected an integer >= 1")
         ok = self.remedies is None or (isinstance(self.remedies, dict) and all(
             isinstance(pairs, dict) and pairs and all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items())
@@ -739,6 +743,17 @@ def from_dict(data: Any) -> Config:
                 raise ConfigError(f"{where}.reward_objective: warm needs its condition's reward.warm: true, "
                                   "reward.members >= 2 and reward.member_init: sft (members fine-tuned from one "
                                   "initialisation, as weight averaging requires)")  # fmt: skip
+    # An early-stopping rule needs what it reads: held-out reward members, or gold on probe prompts.
+    if "proxy" in (cfg.report.early_stop or ()):
+        for name in cfg.reward_conditions:
+            if cfg.for_condition(name).reward.members < 2:
+                raise ConfigError(f"report.early_stop: proxy reads the reward members held out of the training "
+                                  f"objective, and reward_conditions.{name} trains reward.members = 1; drop proxy "
+                                  "or train at least 2")  # fmt: skip
+    if "gold" in (cfg.report.early_stop or ()) and (cfg.ppo.gold_probe == 0 or cfg.task.gold == "none"):
+        raise ConfigError("report.early_stop: gold reads gold on ppo.gold_probe prompts, and "
+                          + ("ppo.gold_probe is 0" if cfg.ppo.gold_probe == 0 else "task.gold is none")
+                          + "; drop gold or give it a probe")  # fmt: skip
     for remedy, pairs in (cfg.report.remedies or {}).items():
         for setting, baseline in pairs.items():
             for name in (setting, baseline):

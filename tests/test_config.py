@@ -86,6 +86,12 @@ def test_dvc_yaml_declares_only_existing_params():
         ("ppo_runs:\n  it: {rounds: 2}\nreward:\n  dataset: pairs.jsonl\n",
          "ppo_runs.it.rounds: iterated RLHF labels new pairs with the gold reward"),
         ("ppo:\n  gold_probe: -1\n", "ppo.gold_probe: expected an integer >= 0, got -1"),
+        ("report:\n  early_stop: [proxy, oracle]\n", "report.early_stop: expected a list of proxy and/or gold"),
+        ("report:\n  early_stop: [gold]\nppo:\n  gold_probe: 0\n",
+         "report.early_stop: gold reads gold on ppo.gold_probe prompts, and ppo.gold_probe is 0"),
+        ("report:\n  early_stop: [proxy]\nreward:\n  members: 1\n",
+         "report.early_stop: proxy reads the reward members held out of the training objective, and "
+         "reward_conditions.clean trains reward.members = 1"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):

@@ -44,17 +44,17 @@ def baselines(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def early_stop_arms(base: pd.DataFrame, hist: pd.DataFrame, patience: int, probe_every: int,
-                    probe_prompts: int) -> dict[str, pd.DataFrame]:  # fmt: skip
-    """Each early-stopping rule applied to each baseline run: one row per seed with the stop's
-    endpoints (gold of the returned policy, regret, gold queries)."""
+                    probe_prompts: int, rules=("proxy", "gold")) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """Each early-stopping rule of ``rules`` applied to each baseline run: one row per seed with the
+    stop's endpoints (gold of the returned policy, regret, gold queries)."""
     proxy_rows, gold_rows = [], []
     for _, run in base.iterrows():
         h = hist[hist["run"] == run["run"]].sort_values("step")
         members = sorted((c for c in h if c.startswith("proxy_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
-        if len(members) > 1:  # the single RM trains on member 0; the rest are held out
+        if "proxy" in rules and len(members) > 1:  # the single RM trains on member 0; the rest are held out
             stop = patience_stop(held_out_members(h[members].to_numpy(), [0]), patience)
             proxy_rows.append({"seed": run["seed"], **stop_endpoints(h["gold"], h["kl"], stop)})
-        if "gold_probe" in h and h["gold_probe"].notna().all():
+        if "gold" in rules and "gold_probe" in h and h["gold_probe"].notna().all():
             stop = patience_stop(h["gold_probe"].to_numpy(), patience, check_every=probe_every)
             gold_rows.append({"seed": run["seed"], **stop_endpoints(h["gold"], h["kl"], stop, probe_prompts)})
     return {name: pd.DataFrame(rows) for name, rows in
@@ -76,12 +76,12 @@ def by_seed(frame: pd.DataFrame, column: str) -> dict[int, float]:
 
 
 def remedy_arms(runs: pd.DataFrame, hist: pd.DataFrame, remedies: dict, patience: int, probe_every: int,
-                probe_prompts: int) -> list[dict]:  # fmt: skip
+                probe_prompts: int, rules=("proxy", "gold")) -> list[dict]:  # fmt: skip
     """Every (remedy, condition) arm with its baseline: {name, condition, arm, base, best_beta}."""
     bases = baselines(runs[~runs["setting"].isin(remedy_settings(remedies))])
     arms = []
     for condition, base in bases.items():
-        for name, frame in early_stop_arms(base, hist, patience, probe_every, probe_prompts).items():
+        for name, frame in early_stop_arms(base, hist, patience, probe_every, probe_prompts, rules).items():
             arms.append({"name": name, "condition": condition, "arm": frame, "base": base})
     for name, pairs in (remedies or {}).items():
         for setting, base_setting in pairs.items():
