@@ -576,7 +576,9 @@ class Config:
                 data[section] = values
             else:
                 data[section].update(values)
-        return from_dict(data)
+        # A derived config (one condition's or one setting's view) is not checked across settings: its
+        # sections already carry one condition's overrides, so the other settings' conditions would not resolve.
+        return from_dict(data, across_settings=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -684,7 +686,7 @@ def section_from_dict(cls: type, data: Any, section: str):
 NAMED_ENTRIES = ("ppo_runs", "reward_conditions")  # top-level mappings of named overrides
 
 
-def from_dict(data: Any) -> Config:
+def from_dict(data: Any, across_settings: bool = True) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -720,6 +722,14 @@ def from_dict(data: Any) -> Config:
             where = f"ppo_runs.{name}" if name else "ppo"
             raise ConfigError(f"{where}.reward_condition: {run.ppo.reward_condition!r} is not one of "
                               f"reward_conditions: {', '.join(cfg.reward_conditions)}")  # fmt: skip
+    if across_settings:
+        check_across_settings(cfg)
+    return cfg
+
+
+def check_across_settings(cfg: Config) -> None:
+    """The checks that read several settings or conditions at once: iterated RLHF's label budget and
+    gold, WARM's members, the early-stopping rules' inputs, the remedies' settings."""
     for name in [None, *cfg.ppo_runs]:  # iterated RLHF labels its later rounds' pairs with gold
         run = cfg.ppo_run(name) if name else cfg
         if run.ppo.rounds > 1:
@@ -762,7 +772,6 @@ def from_dict(data: Any) -> Config:
             if cfg.ppo_run(baseline).ppo.beta != 0 or cfg.ppo_run(baseline).ppo.reward_objective != "single":
                 raise ConfigError(f"report.remedies.{remedy}.{setting}: its baseline {baseline!r} must be a "
                                   "β = 0 single-RM setting")  # fmt: skip
-    return cfg
 
 
 def load(path: str | Path = "params.yaml") -> Config:

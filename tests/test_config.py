@@ -233,6 +233,15 @@ def test_the_remedies_study_is_the_default_experiment_with_ten_seeds_and_every_r
     assert all(len(remedies.report.remedies[name]) == 2 for name in both)  # both conditions
 
 
+def test_one_conditions_view_of_a_params_file_is_not_rechecked_across_its_settings():
+    # The reward stage of a pretrain-seed condition derives that condition's config; the WARM setting of
+    # another condition must not then be judged by the derived reward section (it was, and the stage stopped).
+    remedies = config.load(ROOT / "examples" / "remedies" / "params.yaml")
+    derived = remedies.for_condition("clean_pretrain").replace(runtime={"seed": 3})
+    assert derived.reward.member_init == "pretrain-seed"
+    assert remedies.ppo_run("warm_beta0").for_condition().replace(ppo={"seed": 1}).ppo.reward_objective == "warm"
+
+
 def test_the_frontier_is_the_default_experiment_plus_every_optimiser():
     frontier, default = config.load(ROOT / "examples" / "frontier" / "params.yaml"), config.load(ROOT / "params.yaml")
     a, b = frontier.to_dict(), default.to_dict()
