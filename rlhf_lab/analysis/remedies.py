@@ -50,7 +50,10 @@ def early_stop_arms(base: pd.DataFrame, hist: pd.DataFrame, patience: int, probe
     proxy_rows, gold_rows = [], []
     for _, run in base.iterrows():
         h = hist[hist["run"] == run["run"]].sort_values("step")
-        members = sorted((c for c in h if c.startswith("proxy_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
+        # This run's members: the frame holds every run's columns, and a run with more members (WARM's
+        # average beside them) leaves NaN columns in the others'.
+        members = sorted((c for c in h if c.startswith("proxy_") and c[6:].isdigit() and h[c].notna().all()),
+                         key=lambda c: int(c[6:]))  # fmt: skip
         if "proxy" in rules and len(members) > 1:  # the single RM trains on member 0; the rest are held out
             stop = patience_stop(held_out_members(h[members].to_numpy(), [0]), patience)
             proxy_rows.append({"seed": run["seed"], **stop_endpoints(h["gold"], h["kl"], stop)})
