@@ -301,7 +301,8 @@ def run(cfg: Config) -> dict:
             "samples, by kind of ensemble: members that differ in fine-tuning seed (head init, data order), in "
             "pre-training seed (<code>reward.member_init: pretrain-seed</code>), and WARM (one model, the members' "
             "weights averaged; its members' columns are those it averages).</p>",
-            table(member_agreement(remedy_runs, kinds)),
+            table(member_agreement(remedy_runs[[not (Path(p) / "rounds.csv").is_file() for p in remedy_runs["path"]]],
+                                   kinds)),  # iterated runs' members are rounds, not an ensemble kind  # fmt: skip
             *rounds_section(remedy_runs),
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
