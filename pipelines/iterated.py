@@ -23,7 +23,6 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from pipelines import reward as reward_stage
@@ -34,7 +33,7 @@ from rlhf_lab.data.files import read_jsonl, read_texts, write_json, write_jsonl
 from rlhf_lab.engine.evaluation import run_metrics
 from rlhf_lab.models.loading import load_causal_lm, load_tokenizer
 from rlhf_lab.rewards.gold import gold_reward
-from rlhf_lab.rewards.reward_model import load_frozen_reward, score_texts
+from rlhf_lab.rewards.reward_model import load_frozen_reward
 from rlhf_lab.runtime.stage import create_parent_run
 
 PROBE_PAIRS = 256  # pairs drawn from the last round's policy only to measure its reward model
@@ -48,11 +47,8 @@ def split_budget(total: int, rounds: int) -> list[int]:
 
 def accuracy_on(model_path: Path, tokenizer, pairs: list[dict], max_length: int) -> float:
     """A reward model's accuracy on pairs, against their gold (not their possibly flipped labels)."""
-    model = load_frozen_reward(model_path)
-    chosen, rejected = (score_texts(model, tokenizer, *reward_stage.side(pairs, s), max_length).numpy()
-                        for s in ("chosen", "rejected"))  # fmt: skip
-    truth = np.array([p["chosen_gold"] >= p["rejected_gold"] for p in pairs])
-    return pairwise_accuracy(chosen, rejected, truth)
+    chosen, rejected = reward_stage.side_scores(load_frozen_reward(model_path), tokenizer, pairs, max_length)
+    return pairwise_accuracy(chosen, rejected, reward_stage.gold_labels(pairs))
 
 
 def train_reward(cfg: Config, pairs: list[dict], folder: Path, tokenizer, parent: str) -> dict:

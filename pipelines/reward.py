@@ -78,6 +78,17 @@ def side(rows: list[dict], which: str) -> tuple[list[str], list[bool]]:
     return [join_text(r["prompt"], r[which]) for r in rows], [r.get(f"{which}_ended", True) for r in rows]
 
 
+def side_scores(model, tokenizer, rows: list[dict], max_length: int) -> list[np.ndarray]:
+    """A reward model's raw scores of the chosen and of the rejected responses."""
+    return [score_texts(model, tokenizer, *side(rows, s), max_length).numpy() for s in ("chosen", "rejected")]
+
+
+def gold_labels(rows: list[dict]) -> np.ndarray:
+    """Is the chosen response really better, by gold (not by a possibly flipped label)? Pairs without
+    gold scores count as labelled."""
+    return np.array([r.get("chosen_gold", 1) >= r.get("rejected_gold", 0) for r in rows], dtype=bool)
+
+
 def encode_side(tokenizer, rows: list[dict], which: str, max_length: int):
     texts, ended = side(rows, which)
     return encode_texts(tokenizer, texts, max_length, ended)
@@ -153,7 +164,7 @@ def normalise_and_save(cfg: Config, model, data: "PairData", tokenizer, path: Pa
     raw_fresh = score_texts(model, tokenizer, *data.calibration, r.max_length).numpy()
     gain, bias = normalisation(raw_fresh)
     model.config.reward_gain, model.config.reward_bias = gain, bias
-    raw = [score_texts(model, tokenizer, *side(data.eval, s), r.max_length).numpy() for s in ("chosen", "rejected")]
+    raw = side_scores(model, tokenizer, data.eval, r.max_length)
     # Calibration lives on the raw Bradley–Terry scale the model was trained on.
     prob = sigmoid(raw[0] - raw[1])
     scores = [gain * x + bias for x in (*raw, raw_fresh)]  # normalised: chosen, rejected, fresh
@@ -196,8 +207,7 @@ def pretrain_backbones(cfg: Config, out: Path) -> list[Path]:
 def fit_on_pairs(cfg: Config, n: int, data: "PairData", tokenizer, parent: str) -> float:
     """Held-out accuracy of one reward model trained on the first ``n`` pairs (accuracy vs data)."""
     model, logger = train_member(cfg, 0, data.train[:n], data.eval, tokenizer, parent, name=f"reward-pairs-{n}")
-    raw = [score_texts(model, tokenizer, *side(data.eval, s), cfg.reward.max_length).numpy()
-           for s in ("chosen", "rejected")]  # fmt: skip
+    raw = side_scores(model, tokenizer, data.eval, cfg.reward.max_length)
     accuracy = pairwise_accuracy(raw[0], raw[1], data.eval_labels)
     logger.log_metrics({"rm/accuracy": accuracy, "rm/pairs": n})
     logger.finalize("success")
@@ -215,9 +225,7 @@ class PairData:
 
 def load_pair_data(cfg: Config) -> PairData:
     train_rows, eval_rows = pair_datasets(cfg)
-    eval_labels = np.array(
-        [r_.get("chosen_gold", 1) >= r_.get("rejected_gold", 0) for r_ in eval_rows], dtype=bool
-    )
+    eval_labels = gold_labels(eval_rows)
     fresh_path = Path(cfg.paths.preferences) / "sft_samples.jsonl"
     fresh = read_jsonl(fresh_path) if fresh_path.is_file() else None
     if fresh:
