@@ -37,6 +37,7 @@ from rlhf_lab.analysis.findings import (
 )
 from rlhf_lab.analysis.fits import distinct_n
 from rlhf_lab.analysis.remedies import (
+    iterated_form,
     remedies_family,
     remedies_metrics,
     remedies_table,
@@ -83,7 +84,7 @@ def load_runs(ppo_dir: Path, settings=None) -> tuple[pd.DataFrame, pd.DataFrame]
         seed_dirs = [p for p in seed_dirs if p.parts[-3] in settings]
     for path in (p for p in seed_dirs if (p / "eval_history.csv").is_file()):
         meta = {k: v for k, v in json.loads((path / "run.json").read_text()).items()
-                if k in ("algorithm", "condition", "objective", "beta", "adaptive", "seed")}  # fmt: skip
+                if k in ("algorithm", "condition", "objective", "beta", "adaptive", "seed", "round_start")}  # fmt: skip
         meta["setting"] = path.parts[-3]
         meta["run"] = f"{meta['setting']}/seed_{meta['seed']}"
         metrics = json.loads((path / "metrics.json").read_text())
@@ -238,7 +239,8 @@ def run(cfg: Config) -> dict:
                  for c in conditions}  # fmt: skip
         probe = min(cfg.ppo.gold_probe, cfg.data.eval_prompts)
         remedies = remedies_family(remedy_arms(remedy_runs, remedy_hist, r.remedies, r.early_stop_patience,
-                                               r.gold_probe_every, probe, r.early_stop or ("proxy", "gold")), r.alpha)  # fmt: skip
+                                               r.gold_probe_every, probe, r.early_stop or ("proxy", "gold")), r.alpha,
+                                   r.d_grid)  # fmt: skip
         metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for k, v in remedies_metrics(remedies).items()})  # fmt: skip
         write_json(out / "metrics.json", metrics)
@@ -303,7 +305,7 @@ def run(cfg: Config) -> dict:
             "weights averaged; its members' columns are those it averages).</p>",
             table(member_agreement(remedy_runs[[not (Path(p) / "rounds.csv").is_file() for p in remedy_runs["path"]]],
                                    kinds)),  # iterated runs' members are rounds, not an ensemble kind  # fmt: skip
-            *rounds_section(remedy_runs),
+            *rounds_section(remedy_runs, remedy_hist, rl),
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
     return metrics
@@ -331,9 +333,10 @@ def frontier_section(table_frame: pd.DataFrame, runs: pd.DataFrame, hist: pd.Dat
     ])  # fmt: skip
 
 
-def rounds_section(runs: pd.DataFrame) -> list[str]:
+def rounds_section(runs: pd.DataFrame, hist: pd.DataFrame, rl: dict) -> list[str]:
     """Iterated RLHF, per setting and round: mean over seeds of the round's final gold, proxy and KL and
-    of its reward model's accuracy on held-out SFT pairs and on pairs of the policy it trained."""
+    of its reward model's accuracy on held-out SFT pairs and on pairs of the policy it trained; then
+    Gao et al.'s iterated form against the rounds."""
     frames = [pd.read_csv(Path(path) / "rounds.csv").assign(setting=setting, seed=seed)
               for path, setting, seed in zip(runs["path"], runs["setting"], runs["seed"])
               if (Path(path) / "rounds.csv").is_file()]  # fmt: skip
@@ -346,7 +349,22 @@ def rounds_section(runs: pd.DataFrame) -> list[str]:
         rm_accuracy_policy_pairs=("rm_accuracy_policy_pairs", "mean")).reset_index().round(3)  # fmt: skip
     return ["<p>Iterated RLHF, per round (mean over seeds): the round's final gold, proxy and KL, and its reward "
             "model's accuracy on held-out SFT pairs and on pairs drawn from the policy it trained (gold labels). "
-            "Proxy values of different rounds come from different reward models.</p>", table(rounds)]
+            "Proxy values of different rounds come from different reward models.</p>", table(rounds),
+            *iterated_form_section(iterated_form(runs, hist, rl))]
+
+
+def iterated_form_section(check: pd.DataFrame) -> list[str]:
+    if check.empty:
+        return ["<p>Gao et al.'s iterated form is checked on settings that continue the last round's policy "
+                "(<code>round_start: last</code>); there is none here.</p>"]
+    return ["<p>Gao et al.'s iterated form R = d(α − β log d + β log k): k rounds each travel d/k against a "
+            "fresh reward model, so iterating should lift the single-round curve by β d log k. Per round, the "
+            "measured gold gain at the round's end (mean over seeds) against the form's prediction from the "
+            "condition's single-round fit (β = 0 single RM) with k = the round and with k = 1; and the form "
+            "refitted to the setting's own evaluations with k = each evaluation's round and with k = 1. Where "
+            "k = round predicts no better than k = 1, the rounds did not buy the distance Gao et al. assume. "
+            "Settings that restart from SFT each round travel anew and are outside the form's premise.</p>",
+            table(check.round(3))]
 
 
 def remedies_section(family: pd.DataFrame, cfg: Config) -> str:
@@ -357,7 +375,9 @@ def remedies_section(family: pd.DataFrame, cfg: Config) -> str:
     return "".join([
         "<p>Each remedy against the β = 0 single-RM runs of its condition. Primary endpoint: the gold of the "
         "policy the remedy leaves you with (final gold; for early stopping, the gold of the evaluation it "
-        "returns). Welch over seeds, Holm over the remedies' primary family (gold peak: a family of its own), "
+        "returns). Welch over seeds, Holm over the remedies' primary family; gold peak and gold at each d of "
+        "the grid (over the seeds that reach it; none for early stopping, whose curve is the baseline's) are "
+        "secondary, each a family of its own, "
         "robust = the verdict holds with any one seed left out; MDE at 80 % power and Holm's strictest level. "
         "<i>vs best β</i>: against the grid's best fixed β, an estimate with no verdict.</p>",
         "<p>Early stopping is a rule over the baseline runs' own evaluations, so applied afterwards it gives "

@@ -1,12 +1,15 @@
 """The remedies' math against hand computations: early-stopping rules, their endpoints, and the
-remedies' family (baselines, Holm within each endpoint, robustness)."""
+remedies' family (baselines, Holm within each endpoint, robustness), Gao et al.'s iterated form."""
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
-from rlhf_lab.analysis.remedies import remedies_family, remedies_metrics, remedy_arms
+from rlhf_lab.analysis.fits import fit_gao_rl_iterated, gao_rl, gao_rl_iterated
+from rlhf_lab.analysis.remedies import iterated_form, remedies_family, remedies_metrics, remedy_arms
 
 
 def test_patience_stop_fires_after_patience_reads_without_improvement_and_returns_the_best():
@@ -106,3 +109,54 @@ def test_a_remedy_setting_is_compared_with_its_named_baseline_and_kept_out_of_th
     family = remedies_family(arms, alpha=0.05)
     row = family[(family["remedy"] == "centering") & (family["endpoint"] == "gold_final")].iloc[0]
     assert row["diff"] == pytest.approx(0.3, abs=1e-9)
+
+
+def test_d_grid_endpoints_are_secondary_rows_over_the_seeds_that_reach_each_distance():
+    runs, hist = fake_study()
+    base = runs[runs["setting"] == "beta0"].assign(gold_at_d2=[0.5, 0.6, 0.7, 0.6], gold_at_d3=[0.2, 0.3, 0.4, 0.3])
+    # The remedy's seeds 2 and 3 never travel as far as d = 3: that row counts seeds 0 and 1 only.
+    arm = base.assign(setting="centered_beta0", run=lambda f: "c" + f["run"], gold_at_d2=[0.6, 0.8, 0.9, 0.7],
+                      gold_at_d3=[0.5, 0.7, np.nan, np.nan])  # fmt: skip
+    runs = pd.concat([runs[runs["setting"] != "beta0"], base, arm], ignore_index=True)
+    arms = [a for a in remedy_arms(runs, hist, {"centering": {"centered_beta0": "beta0"}}, 2, 1, 32)
+            if a["name"] == "centering"]  # fmt: skip
+    family = remedies_family(arms, alpha=0.05, d_grid=[2, 3, 4]).set_index("endpoint")
+    assert list(family.index) == ["gold_final", "gold_peak", "gold_at_d2", "gold_at_d3"]  # no d = 4 anywhere
+    assert family.loc["gold_at_d2", "diff"] == pytest.approx(0.75 - 0.6)
+    assert family.loc["gold_at_d3", "n"] == 2
+    assert family.loc["gold_at_d3", "diff"] == pytest.approx(0.6 - 0.3)
+    # One test per secondary family: Holm leaves it alone; robustness is the primary's only.
+    assert family.loc["gold_at_d2", "p_holm"] == pytest.approx(family.loc["gold_at_d2", "p"])
+    assert family.loc["gold_at_d2", "robust"] is None
+    assert "remedy.centering.clean.gold_at_d3_vs_baseline.p_holm" in remedies_metrics(family.reset_index())
+
+
+def test_gao_iterated_form_by_hand_and_its_fit_recovers_alpha_beta():
+    # d = 4, α = 0.6, β = 0.3, k = 2: 4 · (0.6 − 0.3 ln 4 + 0.3 ln 2) = 4 · (0.6 − 0.3 ln 2).
+    assert gao_rl_iterated(4.0, 0.6, 0.3, 2) == pytest.approx(4 * (0.6 - 0.3 * math.log(2)))
+    assert gao_rl_iterated(4.0, 0.6, 0.3, 1) == pytest.approx(gao_rl(np.array([4.0]), 0.6, 0.3)[0])
+    d = np.tile(np.linspace(0, 6, 13), 3)
+    k = np.repeat([1, 2, 3], 13)
+    fit = fit_gao_rl_iterated(d, gao_rl_iterated(d, 0.5, 0.2, k), k)
+    assert (fit["alpha"], fit["beta"], fit["r2"]) == (pytest.approx(0.5), pytest.approx(0.2), pytest.approx(1.0))
+    assert fit_gao_rl_iterated(d, gao_rl_iterated(d, 0.5, 0.2, k), np.ones_like(k))["r2"] < 0.99
+
+
+def test_iterated_form_checks_rounds_that_continue_and_skips_restarts():
+    runs, hist = [], []
+    for setting, start in (("iter", "last"), ("restart", "sft")):
+        for seed in (0, 1):
+            run = f"{setting}/seed_{seed}"
+            d = np.array([0.0, 1.0, 2.0, 2.0, 3.0, 4.0])  # round 2 starts where round 1 ended
+            rnd = np.array([1, 1, 1, 2, 2, 2])
+            hist.append(pd.DataFrame({"run": run, "step": np.arange(6), "d": d, "round": rnd,
+                                      "gold_gain": gao_rl_iterated(d, 0.5, 0.2, rnd) + 0.01 * seed}))  # fmt: skip
+            runs.append({"run": run, "setting": setting, "seed": seed, "condition": "clean", "round_start": start})
+    check = iterated_form(pd.DataFrame(runs), pd.concat(hist, ignore_index=True), {"clean": {"alpha": 0.5, "beta": 0.2}})
+    assert set(check["setting"]) == {"iter"}
+    last = check.set_index("round").loc[2]
+    assert last["d"] == 4.0 and last["seeds"] == 2
+    assert last["predicted (k = round)"] == pytest.approx(gao_rl_iterated(4.0, 0.5, 0.2, 2))
+    assert last["gold_gain"] == pytest.approx(gao_rl_iterated(4.0, 0.5, 0.2, 2) + 0.005)
+    assert last["predicted (k = 1)"] < last["predicted (k = round)"]  # the β d log k lift
+    assert last["refit R² (k = round)"] > last["refit R² (k = 1)"]

@@ -232,7 +232,9 @@ def test_a_remedy_setting_is_measured_against_its_baseline_and_kept_out_of_the_s
     iterated = [json.loads((tmp_path / "ppo" / "iterated" / "seeds" / f"seed_{k}" / "metrics.json").read_text())["gold_final"]
                 for k in (0, 1)]  # fmt: skip
     assert metrics["remedy.iterated.clean.gold_final.mean"] == pytest.approx(sum(iterated) / 2)
-    assert "Iterated RLHF, per round" in (tmp_path / "report" / "report.html").read_text()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Iterated RLHF, per round" in page
+    assert "refit R² (k = round)" in page  # round_start: last, the iterated form's premise
     finals = {s: [json.loads((tmp_path / "ppo" / s / "seeds" / f"seed_{k}" / "metrics.json").read_text())["gold_final"]
                   for k in (0, 1)] for s in ("beta0", "beta01")}  # fmt: skip
     key = "remedy.label_smoothing.clean.gold_final"

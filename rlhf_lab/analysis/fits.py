@@ -5,6 +5,7 @@ Gao et al., "Scaling Laws for Reward Model Overoptimization", eqs. 1–2, with d
 
     best-of-n:  R_bon(d) = d (α − β d)        peak at d* = α / (2β)
     RL:         R_RL(d)  = d (α − β log d)    peak at d* = exp(α/β − 1)
+    iterated:   R_k(d)   = d (α − β log d + β log k)   k rounds, each travelling d/k on a fresh RM
 
 R is the gold score relative to the initial policy's, so R(0) = 0.
 """
@@ -29,6 +30,29 @@ def gao_rl(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
 
 
 FORMS = {"bon": gao_bon, "rl": gao_rl}
+
+
+def gao_rl_iterated(d: np.ndarray, alpha: float, beta: float, k) -> np.ndarray:
+    """Gao et al.'s form for k rounds of iterated RLHF: each round travels d/k against a fresh reward
+    model and gains the RL form's (d/k)(α − β log(d/k)), so the k rounds together gain
+    d(α − β log d + β log k): the single-round curve lifted by β d log k."""
+    d, k = np.asarray(d, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    return k * gao_rl(d / k, alpha, beta)
+
+
+def fit_gao_rl_iterated(d, gain, k) -> dict:
+    """Least squares of the iterated form to (d, gain) points, each with its round count k (linear in
+    α and β: gain = α d − β d log(d/k)); α, β, R² and the number of points."""
+    d, gain, k = (np.asarray(x, dtype=np.float64) for x in (d, gain, k))
+    keep = np.isfinite(d) & np.isfinite(gain) & np.isfinite(k) & (k > 0)
+    d, gain, k = d[keep], gain[keep], k[keep]
+    log_ratio = np.log(np.where(d > 0, d / k, 1.0))  # d log(d/k) → 0 as d → 0
+    design = np.column_stack([d, -d * log_ratio])
+    (alpha, beta), *_ = np.linalg.lstsq(design, gain, rcond=None)
+    residual = gain - design @ np.array([alpha, beta])
+    total = np.sum((gain - gain.mean()) ** 2)
+    return {"alpha": float(alpha), "beta": float(beta), "points": int(len(d)),
+            "r2": float(1 - np.sum(residual**2) / total) if total > 0 else float("nan")}  # fmt: skip
 
 
 def fit_gao(d: np.ndarray, gain: np.ndarray, form: str) -> dict:

@@ -10,8 +10,10 @@ Two kinds of remedy arm:
 
 The primary endpoint of a remedy is the gold of the policy it leaves you with (``gold_final``):
 Welch over seeds against the baseline, Holm over the remedies' family, leave-one-seed-out robustness
-and the power the seeds buy. Gold peak is secondary (Holm within its own family). For early stopping
-the two sides are the same runs, so Welch's unpaired test is conservative there.
+and the power the seeds buy. Gold peak and gold at each distance of the d grid are secondary, each
+Holm-corrected within its own family; an early-stopping arm has no d-grid endpoints (its curve is the
+baseline's up to the stop). For early stopping the two sides are the same runs, so Welch's unpaired
+test is conservative there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
+from rlhf_lab.analysis.fits import fit_gao_rl_iterated, gao_rl_iterated
 from rlhf_lab.analysis.stats import (
     holm,
     leave_one_seed_out,
@@ -101,14 +104,27 @@ def remedy_settings(remedies: dict | None) -> set[str]:
     return {setting for pairs in (remedies or {}).values() for setting in pairs}
 
 
-def remedies_family(arms: list[dict], alpha: float) -> pd.DataFrame:
-    """One row per arm and endpoint: the arm's mean [CI], its difference from the baseline [CI], p,
-    Holm's p within the endpoint's family, the verdict, robustness (primary only), MDE and seeds
-    needed; and the difference from the grid's best β (an estimate, no verdict)."""
+def d_grid_endpoints(d_grid) -> tuple[str, ...]:
+    return tuple(f"gold_at_d{d:g}" for d in d_grid)
+
+
+def remedies_family(arms: list[dict], alpha: float, d_grid=()) -> pd.DataFrame:
+    """One row per arm and endpoint (:data:`ENDPOINTS`, then gold at each d of ``d_grid`` where both
+    sides have it): the arm's mean [CI], its difference from the baseline [CI], p, Holm's p within
+    the endpoint's family, the verdict, robustness (primary only), MDE and seeds needed; and the
+    difference from the grid's best β (an estimate, no verdict). A run that never reached a distance
+    has no value there, so a d-grid row counts only the seeds that reached it."""
     rows = []
+    endpoints = ENDPOINTS + d_grid_endpoints(d_grid)
     for a in arms:
-        for endpoint in ENDPOINTS:
+        for endpoint in endpoints:
+            if endpoint not in a["arm"] or endpoint not in a["base"]:
+                continue
             mine, base = by_seed(a["arm"], endpoint), by_seed(a["base"], endpoint)
+            mine = {s: v for s, v in mine.items() if np.isfinite(v)}
+            base = {s: v for s, v in base.items() if np.isfinite(v)}
+            if len(mine) < 2 or len(base) < 2:
+                continue
             d = welch_difference(list(mine.values()), list(base.values()))
             iv = t_interval(list(mine.values()))
             sd_a, sd_b = np.std(list(mine.values()), ddof=1), np.std(list(base.values()), ddof=1)
@@ -128,7 +144,7 @@ def remedies_family(arms: list[dict], alpha: float) -> pd.DataFrame:
     if family.empty:
         return family
     family["p_holm"] = np.nan
-    for endpoint in ENDPOINTS:
+    for endpoint in endpoints:
         mask = family["endpoint"] == endpoint
         family.loc[mask, "p_holm"] = holm(family.loc[mask, "p"])
     family["verdict"] = [verdict(d, q, alpha) for d, q in zip(family["diff"], family["p_holm"])]
@@ -182,4 +198,34 @@ def remedies_table(family: pd.DataFrame) -> pd.DataFrame:
             "regret": f"{r['regret']:.3f}" if pd.notna(r.get("regret", np.nan)) else "",
             "gold queries": f"{r['gold_queries']:.0f}" if pd.notna(r.get("gold_queries", np.nan)) else "",
         })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def iterated_form(runs: pd.DataFrame, hist: pd.DataFrame, rl: dict) -> pd.DataFrame:
+    """Gao et al.'s iterated form against the rounds of iterated RLHF, one row per setting and round.
+
+    Only settings that continue the last round's policy (``round_start: last``) are the form's premise:
+    the distance d accumulates over the rounds. Per round: the seeds' mean d = √KL and gold gain at
+    the round's last evaluation, the gain the form predicts there from the condition's single-round
+    fit ``rl`` (α, β of the β = 0 single-RM runs) with k = the round, and with k = 1 (no iteration
+    bonus); and the form refitted to the setting's own evaluations with k = each evaluation's round,
+    against the same points fitted with k = 1 (R² of each).
+    """
+    iterated = runs[runs.get("round_start", pd.Series(index=runs.index, dtype=object)) == "last"]
+    rows = []
+    for setting, group in iterated.groupby("setting", sort=False):
+        h = hist[hist["run"].isin(group["run"])].sort_values(["run", "step"])
+        base = rl.get(str(group["condition"].iloc[0]))
+        refit = fit_gao_rl_iterated(h["d"], h["gold_gain"], h["round"])
+        plain = fit_gao_rl_iterated(h["d"], h["gold_gain"], np.ones(len(h)))
+        ends = h.groupby(["run", "round"]).tail(1).groupby("round")
+        for r, end in ends:
+            row = {"setting": setting, "round": int(r), "seeds": int(end["run"].nunique()),
+                   "d": float(end["d"].mean()), "gold_gain": float(end["gold_gain"].mean())}  # fmt: skip
+            if base:  # each seed's prediction at its own d, averaged like the measurement
+                for label, k in (("predicted (k = round)", r), ("predicted (k = 1)", 1)):
+                    row[label] = float(np.mean(gao_rl_iterated(end["d"], base["alpha"], base["beta"], k)))
+            row.update({"refit α": refit["alpha"], "refit β": refit["beta"], "refit R² (k = round)": refit["r2"],
+                        "refit R² (k = 1)": plain["r2"]})  # fmt: skip
+            rows.append(row)
     return pd.DataFrame(rows)
