@@ -43,6 +43,8 @@ from rlhf_lab.analysis.remedies import (
     remedies_table,
     remedy_arms,
     remedy_settings,
+    warm_best_of_n,
+    warm_best_of_n_metrics,
 )
 from rlhf_lab.analysis.stats import Difference, t_interval
 from rlhf_lab.config import Config, UserError
@@ -180,6 +182,7 @@ def run(cfg: Config) -> dict:
     bon = pd.read_csv(Path(cfg.paths.best_of_n) / "bon.csv")
     bon_prompts_csv = Path(cfg.paths.best_of_n) / "bon_prompts.csv"
     bon_prompts = pd.read_csv(bon_prompts_csv) if bon_prompts_csv.is_file() else None
+    warm_bon = warm_best_of_n(bon_prompts, r.alpha)  # every condition with a weight average, remedy-only ones too
     calibration = pd.read_csv(Path(cfg.for_condition(first).paths.reward) / "calibration.csv")
     sweep_dir = Path(cfg.paths.sweep)
     trials_csv = sweep_dir / "trials.csv"
@@ -242,7 +245,7 @@ def run(cfg: Config) -> dict:
                                                r.gold_probe_every, probe, r.early_stop or ("proxy", "gold")), r.alpha,
                                    r.d_grid)  # fmt: skip
         metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                        for k, v in remedies_metrics(remedies).items()})  # fmt: skip
+                        for k, v in {**remedies_metrics(remedies), **warm_best_of_n_metrics(warm_bon)}.items()})  # fmt: skip
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
 
@@ -299,6 +302,7 @@ def run(cfg: Config) -> dict:
             "<h2>9. Every optimiser on one gold: the frontier</h2>",
             frontier_section(frontier_table, every_run, every_hist, first, fig_dir),
             "<h2>10. Remedies against over-optimisation</h2>", remedies_section(remedies, cfg),
+            *warm_best_of_n_section(warm_bon),
             "<p>Does a more diverse ensemble break the shared hack? Members' agreement on the β = 0 policies' final "
             "samples, by kind of ensemble: members that differ in fine-tuning seed (head init, data order), in "
             "pre-training seed (<code>reward.member_init: pretrain-seed</code>), and WARM (one model, the members' "
@@ -351,6 +355,18 @@ def rounds_section(runs: pd.DataFrame, hist: pd.DataFrame, rl: dict) -> list[str
             "model's accuracy on held-out SFT pairs and on pairs drawn from the policy it trained (gold labels). "
             "Proxy values of different rounds come from different reward models.</p>", table(rounds),
             *iterated_form_section(iterated_form(runs, hist, rl))]
+
+
+def warm_best_of_n_section(rows: pd.DataFrame) -> list[str]:
+    if rows.empty:
+        return []
+    shown = pd.DataFrame({"condition": rows["condition"], "endpoint": rows["endpoint"], "prompts": rows["n_a"],
+                          "WARM − single RM [95 % CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+                                                         zip(rows["diff"], rows["ci_low"], rows["ci_high"])],
+                          "p_holm": rows["p_holm"].map(lambda p: f"{p:.3g}"), "verdict": rows["verdict"]})  # fmt: skip
+    return ["<p>WARM in best-of-n: the pick by the members' weight average against the pick by the single RM, "
+            "on the same SFT samples, paired over prompts (bootstrap interval, paired permutation p), Holm over "
+            "the conditions.</p>", table(shown)]
 
 
 def iterated_form_section(check: pd.DataFrame) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
 from rlhf_lab.analysis.fits import fit_gao_rl_iterated, gao_rl, gao_rl_iterated
-from rlhf_lab.analysis.remedies import iterated_form, remedies_family, remedies_metrics, remedy_arms
+from rlhf_lab.analysis.remedies import iterated_form, remedies_family, remedies_metrics, remedy_arms, warm_best_of_n
 
 
 def test_patience_stop_fires_after_patience_reads_without_improvement_and_returns_the_best():
@@ -160,3 +160,19 @@ def test_iterated_form_checks_rounds_that_continue_and_skips_restarts():
     assert last["gold_gain"] == pytest.approx(gao_rl_iterated(4.0, 0.5, 0.2, 2) + 0.005)
     assert last["predicted (k = 1)"] < last["predicted (k = round)"]  # the β d log k lift
     assert last["refit R² (k = round)"] > last["refit R² (k = 1)"]
+
+
+def test_warm_best_of_n_is_paired_over_prompts_and_holm_corrected_over_conditions():
+    rows = []
+    for condition, lift in (("clean", 0.0), ("noisy", 0.2)):
+        for prompt in range(40):
+            base = 0.1 * (prompt % 7)
+            rows += [{"condition": condition, "objective": "single", "n": 64, "prompt": prompt, "gold": base},
+                     {"condition": condition, "objective": "warm", "n": 64, "prompt": prompt,
+                      "gold": base + lift + 0.01 * ((prompt % 3) - 1)}]  # fmt: skip
+    result = warm_best_of_n(pd.DataFrame(rows), alpha=0.05).set_index("condition")
+    assert result.loc["noisy", "diff"] == pytest.approx(0.2 + 0.01 * np.mean([(p % 3) - 1 for p in range(40)]))
+    assert result.loc["noisy", "verdict"] == "higher" and result.loc["clean", "verdict"] != "higher"
+    ps = result["p"].sort_values()  # Holm over the two conditions
+    assert result.loc[ps.index[0], "p_holm"] == pytest.approx(min(1.0, 2 * ps.iloc[0]))
+    assert result.loc[ps.index[1], "p_holm"] == pytest.approx(max(min(1.0, 2 * ps.iloc[0]), ps.iloc[1]))

@@ -73,7 +73,7 @@ def experiment(experiment_cfg):
 def test_best_of_n_stage(experiment_cfg, experiment):
     bon = pd.read_csv(Path(experiment_cfg.paths.best_of_n) / "bon.csv")
     assert sorted(bon["n"].unique()) == [1, 2, 4, 8]
-    assert set(bon["objective"]) == {"single", "mean", "wco", "uwo", "oracle"}
+    assert set(bon["objective"]) == {"single", "mean", "wco", "uwo", "warm", "oracle"}  # warm: reward.warm's average
     assert set(bon["condition"]) == {"clean", "noisy"}
     for _, rows in bon.groupby("condition"):
         oracle = rows[rows["objective"] == "oracle"].set_index("n")["gold"]
@@ -160,7 +160,12 @@ def test_report_stage(experiment_cfg, experiment):
         assert heading in page, heading
     assert page.count("data:image/png;base64,") == 7 and "http" not in page.split("<body>")[1].split("Optuna")[0]
     assert page.index("<h2>Findings</h2>") < page.index("Design and statistics")  # the answers come first
-    assert (Path(experiment_cfg.paths.best_of_n) / "bon_prompts.csv").is_file()
+    prompts = pd.read_csv(Path(experiment_cfg.paths.best_of_n) / "bon_prompts.csv")
+    for condition in ("clean", "noisy"):  # WARM's pick against the single RM's, paired over the same prompts
+        mine = prompts[prompts["condition"] == condition].pivot(index="prompt", columns="objective", values="gold")
+        key = f"remedy.warm.{condition}.bon_gold_max_n_vs_single"
+        assert saved[f"{key}.diff"] == pytest.approx((mine["warm"] - mine["single"]).mean())
+        assert saved[f"{key}.p"] <= saved[f"{key}.p_holm"] <= min(1.0, 2 * saved[f"{key}.p"]) + 1e-12
     for name in ("ppo_curves.csv", "best_of_n.csv", "beta_ablation.csv"):
         assert (out / "plots" / name).is_file()
     # The frontier: every optimiser at its least-regularised setting, its numbers the runs' numbers.

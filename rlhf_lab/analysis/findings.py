@@ -81,14 +81,14 @@ def seed_comparisons(runs: pd.DataFrame, first: str) -> list[dict]:
     return out
 
 
-def bon_comparisons(bon_prompts: pd.DataFrame | None) -> list[dict]:
-    """Best-of-n at the largest n, each objective against the single RM: paired over prompts."""
+def bon_comparisons(bon_prompts: pd.DataFrame | None, objectives=OBJECTIVES) -> list[dict]:
+    """Best-of-n at the largest n, each of ``objectives`` against the single RM: paired over prompts."""
     out = []
     if bon_prompts is None or bon_prompts.empty:
         return out
     for condition, group in bon_prompts.groupby("condition", sort=False):
         single = group[group["objective"] == "single"].set_index("prompt")["gold"]
-        for objective in OBJECTIVES:
+        for objective in objectives:
             mine = group[group["objective"] == objective].set_index("prompt")["gold"]
             if mine.empty:
                 continue

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
+from rlhf_lab.analysis.findings import bon_comparisons
 from rlhf_lab.analysis.fits import fit_gao_rl_iterated, gao_rl_iterated
 from rlhf_lab.analysis.stats import (
     holm,
@@ -229,3 +230,20 @@ def iterated_form(runs: pd.DataFrame, hist: pd.DataFrame, rl: dict) -> pd.DataFr
                         "refit R² (k = 1)": plain["r2"]})  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def warm_best_of_n(bon_prompts: pd.DataFrame | None, alpha: float) -> pd.DataFrame:
+    """WARM as a best-of-n objective against the single RM at the largest n, per condition: the paired
+    difference over prompts (same samples), Holm over the conditions, and the verdict."""
+    rows = pd.DataFrame(bon_comparisons(bon_prompts, objectives=("warm",)))
+    if rows.empty:
+        return rows
+    rows["p_holm"] = holm(rows["p"])
+    rows["verdict"] = [verdict(d, q, alpha) for d, q in zip(rows["diff"], rows["p_holm"])]
+    return rows
+
+
+def warm_best_of_n_metrics(rows: pd.DataFrame) -> dict:
+    """remedy.warm.<condition>.bon_gold_max_n_vs_single.{diff,ci_low,ci_high,p,p_holm}."""
+    return {f"remedy.warm.{r['condition']}.bon_gold_max_n_vs_single.{k}": float(r[k])
+            for _, r in rows.iterrows() for k in ("diff", "ci_low", "ci_high", "p", "p_holm")}  # fmt: skip
