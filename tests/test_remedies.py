@@ -9,7 +9,13 @@ import pytest
 
 from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
 from rlhf_lab.analysis.fits import fit_gao_rl_iterated, gao_rl, gao_rl_iterated
-from rlhf_lab.analysis.remedies import iterated_form, remedies_family, remedies_metrics, remedy_arms, warm_best_of_n
+from rlhf_lab.analysis.remedies import (
+    iterated_form,
+    remedies_family,
+    remedies_metrics,
+    remedy_arms,
+    warm_best_of_n,
+)
 
 
 def test_patience_stop_fires_after_patience_reads_without_improvement_and_returns_the_best():
