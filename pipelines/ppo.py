@@ -5,7 +5,8 @@ override the ``ppo`` section); without it the ``ppo`` section runs as it is, nam
 The setting runs once per seed of ``ppo.seeds``, the seeds side by side (rlhf_lab/runtime/parallel.py).
 
 Outputs (``paths.ppo``/NAME/seeds/seed_<s>, one folder per seed): ``policy/`` (save_pretrained),
-``eval_history.csv`` (step, kl, gold, proxy, proxy_<k>, ...), ``samples.jsonl`` (a few texts per
+``eval_history.csv`` (step, kl, gold, proxy, proxy_<k>, ...; with ``ppo.early_stop``, ``policy/`` is the
+rule's best evaluation's and metrics.json says which: returned_step, gold_returned), ``samples.jsonl`` (a few texts per
 evaluation), ``final_samples.jsonl`` (every held-out prompt's sample at the end, with every member's
 score), ``metrics.json`` (gold_peak, gold_final, proxy_final, kl_final), ``run.json`` (what the run
 was: algorithm, condition, objective, β, seed; the report reads it), ``cost.json`` (wall time,
@@ -34,6 +35,7 @@ from rlhf_lab.config import Config, ConfigError, UserError
 from rlhf_lab.data.files import read_texts, write_json, write_jsonl
 from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule
 from rlhf_lab.engine.direct import DirectAlignmentModule, encode_pairs
+from rlhf_lab.engine.early_stopping import EarlyStopping
 from rlhf_lab.engine.evaluation import Evaluation, run_metrics
 from rlhf_lab.engine.online import OnlinePolicyModule
 from rlhf_lab.engine.ppo_module import PPOModule, iteration_of, optimizer_steps_per_iteration
@@ -146,9 +148,11 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
 
     steps = optimizer_steps_per_iteration(cfg.ppo)
     checkpoint = checkpoint_callback(ckpt_dir / "last.ckpt", cfg.ppo.checkpoint_every, cfg.ppo.iterations, steps)
+    early = (EarlyStopping(evaluation, cfg.ppo.early_stop, cfg.ppo.early_stop_patience,
+                           min(cfg.ppo.gold_probe, len(eval_prompts))) if cfg.ppo.early_stop else None)  # fmt: skip
     trainer = make_trainer(
         cfg.runtime, logger, max_steps=cfg.ppo.iterations * steps, max_epochs=-1,
-        log_every_n_steps=1, callbacks=[evaluation, checkpoint, *(callbacks or [])],
+        log_every_n_steps=1, callbacks=[evaluation, *([early] if early else []), checkpoint, *(callbacks or [])],
         # Seeds run side by side: one progress bar (the first seed's) for the stage, not one each.
         enable_progress_bar=seed == cfg.ppo.seeds[0],
     )  # fmt: skip
@@ -158,8 +162,12 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     # weights_only: resuming unpickles tensors, containers and numbers only (unreadable_checkpoint probed it so).
     start = time.perf_counter()
     trainer.fit(module, iterations, ckpt_path=str(resume) if resume else None, weights_only=True)
-    evaluation(module, iteration_of(module))  # the final evaluation (done already if the KL budget stopped it)
+    evaluation(module, iteration_of(module))  # the final evaluation (done already if a stop ended the run)
     metrics = run_metrics(evaluation.history)  # what the run reached: the same numbers when resumed
+    if early is not None:  # the run returns the rule's best evaluation's policy, not its last
+        early.observe(module)
+        early.restore_best(module)
+        metrics.update(early.summary())
     spent = cost(module, time.perf_counter() - start)  # what it cost: a measurement, kept apart
     if not trainer.is_global_zero:
         return metrics
@@ -179,7 +187,7 @@ def train(cfg: Config, out: Path, callbacks: list | None = None, tags: dict | No
     (out / "mlflow_run_id").write_text(logger.run_id + "\n")
     for artifact in ("eval_history.csv", "samples.jsonl", "metrics.json", "config.yaml"):
         logger.experiment.log_artifact(logger.run_id, str(out / artifact))
-    logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+    logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
 

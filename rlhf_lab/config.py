@@ -360,11 +360,17 @@ class PPOConfig:
     # Gold on the first N evaluation prompts, logged beside the full gold: the small gold budget an
     # early-stopping rule may spend (issue: remedies). Reading it changes nothing in the run.
     gold_probe: int = 32
+    # Early stopping online (rlhf_lab/engine/early_stopping.py): end the run by a rule over its own
+    # evaluations and return the policy of the rule's best evaluation. proxy: the reward members held out
+    # of a single-RM objective (members 1…K−1; no gold read); gold: gold on the gold_probe prompts.
+    early_stop: Optional[Literal["proxy", "gold"]] = None
+    early_stop_patience: int = 2  # evaluations without improvement before the stop
     checkpoint_every: int = 25
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", seed_list(self.seeds, "seeds"))
         _check(self.gold_probe >= 0, "gold_probe", "expected an integer >= 0")
+        _check(self.early_stop_patience >= 1, "early_stop_patience", "expected an integer >= 1")
         _check(self.rounds >= 1, "rounds", "expected an integer >= 1")
         _check(self.rounds == 1 or self.online, "rounds", f"iterated RLHF samples from the policy: {self.algorithm} is offline")
         _check(self.rounds <= self.iterations, "rounds", f"more rounds than iterations ({self.iterations}) to share")
@@ -754,6 +760,18 @@ def check_across_settings(cfg: Config) -> None:
                                   "reward.members >= 2 and reward.member_init: sft (members fine-tuned from one "
                                   "initialisation, as weight averaging requires)")  # fmt: skip
     # An early-stopping rule needs what it reads: held-out reward members, or gold on probe prompts.
+    for name in [None, *cfg.ppo_runs]:
+        run = cfg.ppo_run(name) if name else cfg
+        where = f"ppo_runs.{name}.early_stop" if name else "ppo.early_stop"
+        members = run.ppo.members or cfg.for_condition(run.ppo.reward_condition).reward.members
+        if run.ppo.early_stop == "proxy" and (run.ppo.reward_objective != "single" or members < 2):
+            raise ConfigError(f"{where}: proxy reads the reward members held out of the objective, and "
+                              + (f"the {run.ppo.reward_objective} objective reads every member"
+                                 if run.ppo.reward_objective != "single" else f"the run has {members} member")
+                              + "; use gold, or a single-RM objective with at least 2 members")  # fmt: skip
+        if run.ppo.early_stop == "gold" and (run.ppo.gold_probe == 0 or cfg.task.gold == "none"):
+            raise ConfigError(f"{where}: gold reads gold on ppo.gold_probe prompts, and "
+                              + ("ppo.gold_probe is 0" if run.ppo.gold_probe == 0 else "task.gold is none"))  # fmt: skip
     if "proxy" in (cfg.report.early_stop or ()):
         for name in cfg.reward_conditions:
             if cfg.for_condition(name).reward.members < 2:
@@ -765,6 +783,9 @@ def check_across_settings(cfg: Config) -> None:
                           + ("ppo.gold_probe is 0" if cfg.ppo.gold_probe == 0 else "task.gold is none")
                           + "; drop gold or give it a probe")  # fmt: skip
     for remedy, pairs in (cfg.report.remedies or {}).items():
+        if remedy in ("early_stop_proxy", "early_stop_gold"):
+            raise ConfigError(f"report.remedies.{remedy}: the name of the report's own early-stopping rule over the "
+                              "β = 0 runs; name a setting run with ppo.early_stop otherwise, e.g. early_stop_online")  # fmt: skip
         for setting, baseline in pairs.items():
             for name in (setting, baseline):
                 if name not in cfg.ppo_runs:

@@ -92,6 +92,17 @@ def test_dvc_yaml_declares_only_existing_params():
         ("report:\n  early_stop: [proxy]\nreward:\n  members: 1\n",
          "report.early_stop: proxy reads the reward members held out of the training objective, and "
          "reward_conditions.clean trains reward.members = 1"),
+        ("ppo:\n  early_stop: oracle\n", "ppo.early_stop: expected one of"),
+        ("ppo_runs:\n  b0: {beta: 0.0}\n  es: {beta: 0.0, early_stop: gold}\nreport:\n  remedies: {early_stop_gold: {es: b0}}\n",
+         "report.remedies.early_stop_gold: the name of the report's own early-stopping rule"),
+        ("ppo:\n  early_stop_patience: 0\n", "ppo.early_stop_patience: expected an integer >= 1, got 0"),
+        ("ppo_runs:\n  es: {early_stop: proxy, reward_objective: mean}\n",
+         "ppo_runs.es.early_stop: proxy reads the reward members held out of the objective, and the mean objective "
+         "reads every member"),
+        ("ppo_runs:\n  es: {early_stop: proxy, members: 1}\n", "ppo_runs.es.early_stop: proxy reads the reward "
+         "members held out of the objective, and the run has 1 member"),
+        ("ppo_runs:\n  es: {early_stop: gold, gold_probe: 0}\n",
+         "ppo_runs.es.early_stop: gold reads gold on ppo.gold_probe prompts, and ppo.gold_probe is 0"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):

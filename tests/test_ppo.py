@@ -135,6 +135,78 @@ def test_the_warm_objective_trains_on_the_weight_average_and_evaluates_every_mem
     assert not (Path(cfg.paths.ppo) / "warm_missing").exists()
 
 
+def test_early_stopping_callback_stops_on_its_rule_and_restores_the_best_evaluations_weights():
+    from rlhf_lab.engine.early_stopping import EarlyStopping
+
+    module = SimpleNamespace(policy=torch.nn.Linear(2, 2))
+    module.policy.bias.requires_grad_(False)  # frozen weights are not kept (LoRA's base)
+    evaluation = SimpleNamespace(history=[])
+    early = EarlyStopping(evaluation, "gold", patience=2, probe_prompts=8)
+    trainer = SimpleNamespace(should_stop=False)
+    weights = []
+    for step, probe in enumerate([0.1, 0.5, 0.3, 0.2, 0.9]):
+        if trainer.should_stop:
+            break
+        with torch.no_grad():
+            module.policy.weight.fill_(float(step))  # the policy at this evaluation
+        weights.append(module.policy.weight.clone())
+        evaluation.history.append({"step": step, "gold_probe": probe, "gold": probe + 0.01, "kl": float(step)})
+        early.on_train_batch_start(trainer, module, None, 0)
+        early.on_train_batch_start(trainer, module, None, 0)  # a second call reads no new evaluation
+    # Best at step 1 (0.5); steps 2 and 3 do not beat it: the rule fires at step 3, before step 4.
+    assert trainer.should_stop and len(evaluation.history) == 4
+    assert set(early.best) == {"weight"}
+    early.restore_best(module)
+    torch.testing.assert_close(module.policy.weight, weights[1])
+    assert early.summary() == {"early_stop_rule": "gold", "early_stop_step": 3, "returned_step": 1, "kl_returned": 1.0,
+                               "gold_queries": 4 * 8, "gold_returned": pytest.approx(0.51)}  # fmt: skip
+    # The proxy rule reads the members held out of a single-RM objective: members 1 and 2, not 0.
+    proxy = EarlyStopping(SimpleNamespace(history=[{"proxy_0": 5.0 * i, "proxy_1": m, "proxy_2": m, "step": i}
+                                                   for i, m in enumerate([0.0, 1.0, 0.5])]), "proxy", 1)  # fmt: skip
+    assert proxy.signal().tolist() == [0.0, 1.0, 0.5] and proxy.stop().fired
+
+
+def test_a_run_stopped_early_saves_the_policy_of_its_best_evaluation(ppo_cfg, tmp_path):
+    from pipelines import ppo
+    from rlhf_lab.data.files import read_texts
+    from rlhf_lab.engine.evaluation import Evaluation
+    from rlhf_lab.models.loading import load_tokenizer
+
+    cfg = ppo_cfg.replace(ppo={"run_name": "stopped", "iterations": 30, "eval_every": 1, "reward_objective": "single",
+                               "early_stop": "gold", "early_stop_patience": 2, "gold_probe": 8}).for_condition()  # fmt: skip
+    metrics = ppo.train(cfg, tmp_path / "out")
+    history = pd.read_csv(tmp_path / "out" / "eval_history.csv")
+    probe = history["gold_probe"].to_numpy()
+    # By hand: the first evaluation that comes 2 evaluations after the best so far without beating it.
+    best, since, stop = 0, 0, None
+    for i in range(1, len(probe)):
+        best, since = (i, 0) if probe[i] > probe[best] else (best, since + 1)
+        if since == 2:
+            stop = i
+            break
+    assert stop is not None and len(history) == stop + 1 and metrics["steps"] == stop < 30  # it ended the run
+    assert metrics["early_stop_step"] == stop and metrics["returned_step"] == best
+    assert 0 < best < stop  # a trained policy that is not the last one (here: best 4, stop 6)
+    assert metrics["gold_returned"] == pytest.approx(history["gold"][best]) and metrics["gold_queries"] == 8 * (stop + 1)
+    # Online equals post hoc: the same run without the rule, read by the report's rule, stops alike.
+    from rlhf_lab.algorithms.early_stopping import patience_stop
+
+    unstopped = cfg.replace(ppo={"run_name": "unstopped", "early_stop": None, "iterations": stop + 2})
+    ppo.train(unstopped, tmp_path / "unstopped")
+    full = pd.read_csv(tmp_path / "unstopped" / "eval_history.csv")
+    pd.testing.assert_frame_equal(full.iloc[: stop + 1], history)
+    after = patience_stop(full["gold_probe"].to_numpy(), 2)
+    assert (after.stop, after.chosen) == (stop, best)
+    # The saved policy is the best evaluation's: the same fixed-seed evaluation of it gives that row again.
+    tokenizer = load_tokenizer(cfg.paths.sft)
+    again = cfg.replace(ppo={"init_policy": str(tmp_path / "out" / "policy")})
+    module, _ = ppo.build_module(again, tokenizer)
+    evaluation = Evaluation(again, tokenizer, read_texts(Path(cfg.paths.data) / "prompts_eval.jsonl", "prompt"))
+    evaluation(module, 0)
+    assert evaluation.history[0]["gold"] == pytest.approx(history["gold"][best], abs=1e-6)
+    assert evaluation.history[0]["kl"] == pytest.approx(history["kl"][best], abs=1e-4)
+
+
 def test_a_run_stops_at_the_first_evaluation_that_reaches_its_kl_budget(ppo_cfg):
     from pipelines import ppo
 

@@ -182,3 +182,14 @@ def test_warm_best_of_n_is_paired_over_prompts_and_holm_corrected_over_condition
     ps = result["p"].sort_values()  # Holm over the two conditions
     assert result.loc[ps.index[0], "p_holm"] == pytest.approx(min(1.0, 2 * ps.iloc[0]))
     assert result.loc[ps.index[1], "p_holm"] == pytest.approx(max(min(1.0, 2 * ps.iloc[0]), ps.iloc[1]))
+
+
+def test_a_setting_stopped_online_is_measured_by_the_policy_it_returns():
+    runs, hist = fake_study()
+    online = runs[runs["setting"] == "beta0"].assign(setting="stopped", run=lambda f: "s" + f["run"],
+                                                     gold_final=0.3, gold_returned=[0.7, 0.8, 0.75, 0.85])  # fmt: skip
+    arms = remedy_arms(pd.concat([runs, online], ignore_index=True), hist, {"early_stop_online": {"stopped": "beta0"}},
+                       2, 1, 32, rules=())  # fmt: skip
+    assert [a["name"] for a in arms] == ["early_stop_online"]
+    row = remedies_family(arms, alpha=0.05).set_index("endpoint").loc["gold_final"]
+    assert row["mean"] == pytest.approx(0.775)

@@ -6,7 +6,8 @@ Two kinds of remedy arm:
 - a rule over the baseline's own runs (early stopping, :mod:`rlhf_lab.algorithms.early_stopping`):
   the same runs, stopped where the rule says; free, so the default run measures them;
 - a setting of its own (``report.remedies``: {remedy: {setting: baseline setting}}), e.g. a reward
-  condition with centering or label smoothing, or the adaptive KL controller.
+  condition with centering or label smoothing, the adaptive KL controller, or a rule run online
+  (``ppo.early_stop``), whose final gold is that of the policy it returns.
 
 The primary endpoint of a remedy is the gold of the policy it leaves you with (``gold_final``):
 Welch over seeds against the baseline, Holm over the remedies' family, leave-one-seed-out robustness
@@ -95,6 +96,9 @@ def remedy_arms(runs: pd.DataFrame, hist: pd.DataFrame, remedies: dict, patience
             arm, base = runs[runs["setting"] == setting], runs[runs["setting"] == base_setting]
             if arm.empty or base.empty:
                 continue
+            if "gold_returned" in arm and arm["gold_returned"].notna().all():
+                # Stopped online (ppo.early_stop): the run leaves you its best evaluation's policy.
+                arm = arm.assign(gold_final=arm["gold_returned"])
             arms.append({"name": name, "condition": str(base["condition"].iloc[0]), "arm": arm, "base": base})
     for a in arms:
         a["best_beta"] = best_beta(runs, a["condition"])
