@@ -208,7 +208,8 @@ def objective_fn(cfg: Config, trials_dir: Path, parent: str):
             callbacks = [GoldPruning(trial)] if s.objective == "gold" and s.pruning and seed == 0 else []
             out = trials_dir / f"trial_{trial.number}" / f"seed_{seed}"
             finals.append(ppo.train(trial_cfg.replace(ppo={"seed": seed}), out, callbacks=callbacks, tags=tags))
-        gold, kl = (np.array([m[key] for m in finals]) for key in ("gold_final", "kl_final"))
+        # The policy a run leaves you: its last, or with ppo.early_stop the rule's best evaluation's.
+        gold, kl = (np.array([m.get(f"{key}_returned", m[f"{key}_final"]) for m in finals]) for key in ("gold", "kl"))
         # Standard error of the mean over seeds (NaN with one seed): how far apart trials must be to differ.
         se = float(gold.std(ddof=1) / np.sqrt(len(gold))) if len(gold) > 1 else float("nan")
         trial.set_user_attr("gold_final_se", se)
