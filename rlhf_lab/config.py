@@ -327,6 +327,9 @@ class PPOConfig:
     uwo_lambda: float = 0.5  # mean - lambda * variance across members
     members: Optional[int] = None  # use the first N ensemble members; None = all
     whiten_rewards: bool = False
+    # Policy-side reward shaping (rlhf_lab/algorithms/reward_shaping.py): par trains on σ(r − r_ref), r_ref
+    # the objective's reward of a reference-policy response to the same prompt (one more sample per prompt).
+    reward_shaping: Literal["none", "par"] = "none"
     missing_eos_penalty: Optional[float] = None  # subtracted from the score of unfinished responses
     # KL penalty
     beta: float = 0.02  # initial beta when adaptive
@@ -399,6 +402,8 @@ class PPOConfig:
         _check(self.batch_size % k == 0, "batch_size", f"must be a multiple of samples_per_prompt ({k})")
         _check(self.clip_eps_high is None or self.clip_eps_high > 0, "clip_eps_high", "expected null or a number > 0")
         _check(self.algorithm != "ipo" or self.beta > 0, "beta", "IPO's target 1/(2β) needs β > 0")
+        _check(self.reward_shaping == "none" or self.online, "reward_shaping",
+               f"shapes the reward of sampled responses: {self.algorithm} learns from pairs")  # fmt: skip
 
     @property
     def k(self) -> int:

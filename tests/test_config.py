@@ -93,6 +93,8 @@ def test_dvc_yaml_declares_only_existing_params():
          "report.early_stop: proxy reads the reward members held out of the training objective, and "
          "reward_conditions.clean trains reward.members = 1"),
         ("ppo:\n  early_stop: oracle\n", "ppo.early_stop: expected one of"),
+        ("ppo_runs:\n  d: {algorithm: dpo, reward_shaping: par}\n",
+         "ppo_runs.d.reward_shaping: shapes the reward of sampled responses: dpo learns from pairs"),
         ("ppo_runs:\n  b0: {beta: 0.0}\n  es: {beta: 0.0, early_stop: gold}\nreport:\n  remedies: {early_stop_gold: {es: b0}}\n",
          "report.remedies.early_stop_gold: the name of the report's own early-stopping rule"),
         ("ppo:\n  early_stop_patience: 0\n", "ppo.early_stop_patience: expected an integer >= 1, got 0"),

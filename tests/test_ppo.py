@@ -1,6 +1,7 @@
 """PPO end to end: a toy reward that PPO must raise, the stage on the tiny pipeline, resume."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,29 @@ def test_ppo_raises_a_toy_reward_with_finite_kl():
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(value, ref_before[key])
     assert not torch.equal(ref_before["transformer.wte.weight"], policy.transformer.wte.weight)
+
+
+def test_preference_as_reward_trains_on_the_sigmoid_of_the_margin_over_a_reference_response():
+    from rlhf_lab.algorithms.reward_shaping import preference_as_reward
+
+    # By hand: σ(2 − 1) = 1 / (1 + e^−1) ≈ 0.731; σ(0) = 0.5; bounded however large the proxy grows.
+    shaped = preference_as_reward(torch.tensor([2.0, 0.5, 100.0]), torch.tensor([1.0, 0.5, 0.0]))
+    torch.testing.assert_close(shaped, torch.tensor([1 / (1 + math.exp(-1)), 0.5, 1.0]))
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                     bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    policy, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
+    ref.load_state_dict(policy.state_dict())
+    ppo = PPOConfig(batch_size=16, value_model="shared", max_new_tokens=8, reward_shaping="par")
+    module = PPOModule(ppo, policy, ref, [TokenCountReward()], None, eos_token_id=3, pad_token_id=0)
+    prompts = torch.full((16, 1), 2)
+    real = module.rollout(prompts, torch.ones_like(prompts))  # the reference samples its own responses
+    assert ((real.scores > 0) & (real.scores < 1)).all()
+    # The training score is σ(member score − the reference response's score), response by response.
+    reference = torch.arange(16, dtype=torch.float32) % 3
+    module.reference_scores = lambda ids, mask: reference
+    ro = module.rollout(prompts, torch.ones_like(prompts))
+    torch.testing.assert_close(ro.scores, torch.sigmoid(ro.member_scores[0] - reference))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ One ``training_step`` is one iteration: 1 rollout (k responses per prompt), 2 sc
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from rlhf_lab.algorithms import ppo as pm
+from rlhf_lab.algorithms.reward_shaping import preference_as_reward
 from rlhf_lab.config import PPOConfig
 from rlhf_lab.engine.sft_module import check_finite
 from rlhf_lab.models.generation import Samples, next_token_logits, position_ids, sample
@@ -195,6 +197,8 @@ class OnlinePolicyModule(pl.LightningModule):
         ref_logprobs = ref_logprobs * mask
         # 2. the finished responses' training score
         scores = aggregate(member_scores, cfg.reward_objective, cfg.uwo_lambda)
+        if cfg.reward_shaping == "par":
+            scores = preference_as_reward(scores, self.reference_scores(prompt_ids, prompt_mask))
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~samples.ended).float()
         if cfg.whiten_rewards:
@@ -203,6 +207,17 @@ class OnlinePolicyModule(pl.LightningModule):
         advantages, extra = self.advantages(samples, scores, ref_logprobs, values)
         return Rollout(samples, samples.logprobs, ref_logprobs, scores, member_scores, advantages,
                        None if kl_exact is None else kl_exact * mask, extra)  # fmt: skip
+
+    @torch.no_grad()
+    def reference_scores(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """The objective's reward of one reference-policy response to each prompt (B,): PAR's r_ref."""
+        cfg, reference = self.cfg, self.ref_policy if self.ref_policy is not None else self.policy
+        with adapters_disabled(self.policy) if self.ref_policy is None else contextlib.nullcontext():
+            ref = sample(reference, prompt_ids, prompt_mask, cfg.max_new_tokens, self.eos_token_id, self.pad_token_id,
+                         temperature=cfg.temperature, compiled_step=self._decode_step)  # fmt: skip
+        members = 1 if cfg.reward_objective in ("single", "warm") else None
+        scored = self.score(ref.sequence_ids, ref.sequence_mask, prompt_ids.shape[1], members)
+        return aggregate(scored, cfg.reward_objective, cfg.uwo_lambda)
 
     @torch.no_grad()
     def score_rollout(self, seq: torch.Tensor, seq_mask: torch.Tensor, response_ids: torch.Tensor,
