@@ -73,6 +73,7 @@ from rlhf_lab.report.page import (
     table,
     training_table,
 )
+from rlhf_lab.rewards.reward_model import score_samples, warm_path
 from rlhf_lab.runtime.stage import replacing_dir, stage_main
 
 
@@ -240,6 +241,7 @@ def run(cfg: Config) -> dict:
                         for k, v in frontier_metrics.items()})  # fmt: skip
         kinds = {c: {"sft": "fine-tune seed", "pretrain-seed": "pre-train seed"}[cfg.for_condition(c).reward.member_init]
                  for c in conditions}  # fmt: skip
+        warm_scores = warm_scores_of_final_samples(cfg, remedy_runs)
         probe = min(cfg.ppo.gold_probe, cfg.data.eval_prompts)
         remedies = remedies_family(remedy_arms(remedy_runs, remedy_hist, r.remedies, r.early_stop_patience,
                                                r.gold_probe_every, probe, r.early_stop or ("proxy", "gold")), r.alpha,
@@ -306,13 +308,33 @@ def run(cfg: Config) -> dict:
             "<p>Does a more diverse ensemble break the shared hack? Members' agreement on the β = 0 policies' final "
             "samples, by kind of ensemble: members that differ in fine-tuning seed (head init, data order), in "
             "pre-training seed (<code>reward.member_init: pretrain-seed</code>), and WARM (one model, the members' "
-            "weights averaged; its members' columns are those it averages).</p>",
+            "weights averaged; its members' columns are those it averages). The WARM columns score the same samples "
+            "with the condition's weight average (<code>reward.warm</code>): does averaging the members' weights see "
+            "the hack they share?</p>",
             table(member_agreement(remedy_runs[[not (Path(p) / "rounds.csv").is_file() for p in remedy_runs["path"]]],
-                                   kinds)),  # iterated runs' members are rounds, not an ensemble kind  # fmt: skip
+                                   kinds, warm_scores)),  # iterated runs' members are rounds, not an ensemble kind  # fmt: skip
             *rounds_section(remedy_runs, remedy_hist, rl),
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
     return metrics
+
+
+def warm_scores_of_final_samples(cfg: Config, runs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The weight average's (WARM's) scores of each β = 0 run's final samples, where the run's
+    condition saved one and the run did not train on it (those record it as their first score): the
+    agreement table's WARM columns for the default grid, at the cost of scoring, not of a run."""
+    scores = {}
+    zero = runs[(runs["beta"] == 0) & ~runs["adaptive"] & (runs["objective"] != "warm")]
+    for condition, group in zero.groupby("condition", sort=False):
+        condition_cfg = cfg.for_condition(condition)
+        if not warm_path(condition_cfg).is_dir():
+            continue
+        samples = {path: read_jsonl(Path(path) / "final_samples.jsonl") for path in group["path"]}
+        every = score_samples(warm_path(condition_cfg), [row for rows in samples.values() for row in rows],
+                              condition_cfg.reward.max_length)  # one load and pass per condition  # fmt: skip
+        ends = np.cumsum([len(rows) for rows in samples.values()])
+        scores.update(zip(samples, np.split(every, ends[:-1])))
+    return scores
 
 
 def frontier_section(table_frame: pd.DataFrame, runs: pd.DataFrame, hist: pd.DataFrame, first: str,

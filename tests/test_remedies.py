@@ -193,3 +193,22 @@ def test_a_setting_stopped_online_is_measured_by_the_policy_it_returns():
     assert [a["name"] for a in arms] == ["early_stop_online"]
     row = remedies_family(arms, alpha=0.05).set_index("endpoint").loc["gold_final"]
     assert row["mean"] == pytest.approx(0.775)
+
+
+def test_member_agreement_adds_whether_warm_sees_the_hack_its_members_share(tmp_path):
+    from rlhf_lab.analysis.comparisons import member_agreement
+    from rlhf_lab.data.files import write_jsonl
+
+    # Four samples, two members; gold < 0 on the last two, which both members rate above 0.
+    members = [[1.0, 2.0], [0.0, 1.0], [3.0, 2.5], [2.0, 3.0]]
+    gold = [0.5, 0.2, -0.4, -0.1]
+    write_jsonl(tmp_path / "final_samples.jsonl",
+                [{"members": m, "gold": g, "proxy": m[0]} for m, g in zip(members, gold)])
+    runs = pd.DataFrame([{"beta": 0.0, "adaptive": False, "condition": "clean", "objective": "single",
+                          "setting": "beta0", "path": str(tmp_path)}])
+    warm = np.array([0.5, -1.0, 1.0, -0.5])  # WARM rates one of the two gold-losing samples above 0
+    row = member_agreement(runs, {"clean": "fine-tune seed"}, {str(tmp_path): warm}).iloc[0]
+    assert row["of those, all members > 0"] == 1.0 and row["of those, WARM > 0"] == 0.5
+    by_hand = np.mean([np.corrcoef(warm, [m[k] for m in members])[0, 1] for k in (0, 1)])
+    assert row["WARM–member correlation"] == pytest.approx(by_hand)
+    assert "of those, WARM > 0" not in member_agreement(runs, {"clean": "fine-tune seed"}).columns  # no scores, no column

@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
 
 from pipelines.sweep import GoldPruning
 from rlhf_lab import config as config_lib
+from rlhf_lab.data.files import read_jsonl
 from rlhf_lab.engine.evaluation import Evaluation
+from rlhf_lab.rewards.reward_model import score_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,6 +190,13 @@ def test_report_stage(experiment_cfg, experiment):
     # Section 10: early stopping, two rules over the β = 0 single-RM runs' own evaluations.
     assert "10. Remedies against over-optimisation" in page
     assert "ensemble kind" in page and "fine-tune seed" in page  # the agreement table of each kind
+    assert "of those, WARM > 0" in page  # the weight average scores the same samples
+    # ... through a reader that re-scores a run's final samples to the scores the run recorded (read
+    # from token ids), except where the barely trained policy put a special token that decoding drops
+    final = read_jsonl(runs / "beta0" / "seeds" / "seed_0" / "final_samples.jsonl")
+    clean_rewards = Path(experiment_cfg.for_condition("clean").paths.reward)
+    rescored = score_samples(clean_rewards / "member_0", final, experiment_cfg.reward.max_length)
+    assert np.isclose(rescored, [row["members"][0] for row in final], atol=2e-4).mean() >= 0.9
     histories = [pd.read_csv(runs / "beta0" / "seeds" / f"seed_{s}" / "eval_history.csv") for s in (0, 1)]
     for rule in ("early_stop_proxy", "early_stop_gold"):
         key = f"remedy.{rule}.clean.gold_final"

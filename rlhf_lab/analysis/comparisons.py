@@ -81,12 +81,15 @@ def ensemble_comparison(runs: pd.DataFrame, hist: pd.DataFrame, requested_kl: fl
     return pd.DataFrame(rows)
 
 
-def member_agreement(runs: pd.DataFrame, kinds: dict[str, str] | None = None) -> pd.DataFrame:
+def member_agreement(runs: pd.DataFrame, kinds: dict[str, str] | None = None,
+                     warm_scores: dict[str, np.ndarray] | None = None) -> pd.DataFrame:  # fmt: skip
     """Why ensembles may not help: on the β = 0 policies' final samples, the mean correlation between
     members' scores, and the share of gold-losing samples (gold < 0) that every member rates above
     the SFT average (normalised reward > 0): a hack all members share, which no aggregate can see.
     ``kinds`` names each condition's kind of ensemble (fine-tune seed, pre-train seed) for a column;
-    a WARM run's first score is the weight average, kept out of the members' columns."""
+    a WARM run's first score is the weight average, kept out of the members' columns. ``warm_scores``
+    (a run's path → the weight average's score of each of its final samples) adds whether WARM, which
+    averages the same members' weights, sees the hack they share."""
     rows = []
     zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]]
     # With kinds, one row per setting (settings of one condition and objective may hold other members).
@@ -111,6 +114,10 @@ def member_agreement(runs: pd.DataFrame, kinds: dict[str, str] | None = None) ->
             "of those, all members > 0": float((members[bad] > 0).all(axis=1).mean()) if bad.any() else float("nan"),
             "of those, the objective > 0": float((objective_score[bad] > 0).mean()) if bad.any() else float("nan"),
         })  # fmt: skip
+        if warm_scores and all(path in warm_scores for path in group["path"]):
+            warm = np.concatenate([warm_scores[path] for path in group["path"]])
+            rows[-1]["WARM–member correlation"] = float(np.mean([np.corrcoef(warm, m)[0, 1] for m in members.T]))
+            rows[-1]["of those, WARM > 0"] = float((warm[bad] > 0).mean()) if bad.any() else float("nan")
     return pd.DataFrame(rows)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlhf_lab.algorithms.ppo import last_token_index
 from rlhf_lab.config import Config, UserError
 from rlhf_lab.models.generation import position_ids
-from rlhf_lab.models.loading import encode_texts
+from rlhf_lab.models.loading import encode_texts, load_tokenizer
 
 
 def load_reward_backbone(path: str | Path, seed: int) -> torch.nn.Module:
@@ -111,6 +112,18 @@ def score_texts(
     return torch.cat(out)
 
 
+def score_samples(path: str | Path, rows: list[dict], max_length: int) -> np.ndarray:
+    """Normalised rewards, by the reward model saved at ``path``, of sample rows (``prompt``,
+    ``response``, ``ended``) as the PPO stage writes them: the text is re-encoded by the model's own
+    tokenizer, so a member re-scores a run's samples to its recorded score (to float rounding) except
+    where the policy put a special token inside a response: decoding drops it, and the text is scored."""
+    from rlhf_lab.data.layouts import join_text
+
+    model, tokenizer = load_frozen_reward(path), load_tokenizer(path)
+    texts = [join_text(r["prompt"], r["response"]) for r in rows]
+    return normalised(model, score_texts(model, tokenizer, texts, [r.get("ended", True) for r in rows], max_length)).numpy()
+
+
 def same_vocabulary(a, b) -> bool:
     """Whether two tokenizers give every token the same id (then a model of one reads the other's ids)."""
     return a.get_vocab() == b.get_vocab() and (a.bos_token_id, a.eos_token_id) == (b.bos_token_id, b.eos_token_id)
@@ -119,8 +132,6 @@ def same_vocabulary(a, b) -> bool:
 def reward_inputs(policy_tokenizer, member: Path, max_length: int) -> Retokenizer | None:
     """How reward member ``member`` reads the policy's samples: None when it shares the policy's
     vocabulary (the ids as they are), else a :class:`Retokenizer` to its own tokens."""
-    from rlhf_lab.models.loading import load_tokenizer
-
     reward_tokenizer = load_tokenizer(member)
     if same_vocabulary(policy_tokenizer, reward_tokenizer):
         return None
