@@ -307,8 +307,9 @@ def run(cfg: Config) -> dict:
             *warm_best_of_n_section(warm_bon),
             "<p>Does a more diverse ensemble break the shared hack? Members' agreement on the β = 0 policies' final "
             "samples, by kind of ensemble: members that differ in fine-tuning seed (head init, data order), in "
-            "pre-training seed (<code>reward.member_init: pretrain-seed</code>), and WARM (one model, the members' "
-            "weights averaged; its members' columns are those it averages). The WARM columns score the same samples "
+            "pre-training seed (<code>reward.member_init: pretrain-seed</code>), and WARM (one model, the weights of "
+            "fits from one initialisation averaged; a WARM run's members' columns are its condition's ensemble). "
+            "The WARM columns score the same samples "
             "with the condition's weight average (<code>reward.warm</code>): does averaging the members' weights see "
             "the hack they share?</p>",
             table(member_agreement(remedy_runs[[not (Path(p) / "rounds.csv").is_file() for p in remedy_runs["path"]]],

@@ -117,7 +117,9 @@ def quality(prob: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, gold_lab
 
 
 def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_run_id: str, name: str = "",
-                 backbone: Path | None = None):  # fmt: skip
+                 backbone: Path | None = None, head_seed: int | None = None):  # fmt: skip
+    """Fit member ``k``: its data order (and bootstrap resample) and its head's initialisation come from
+    ``k`` unless ``head_seed`` fixes the head (WARM's fits share one initialisation)."""
     r = cfg.reward
     apply_runtime(cfg.runtime, seed_offset=k)
     rows = train_rows
@@ -126,7 +128,8 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
         rows = [rows[i] for i in pick]
     train = pair_loader(tokenizer, rows, r.max_length, r.batch_size, True, seed=cfg.runtime.seed + k)
     val = pair_loader(tokenizer, eval_rows, r.max_length, 256, False, seed=0)
-    model = load_reward_backbone(backbone or r.backbone or cfg.paths.sft, seed=cfg.runtime.seed * 1000 + k)
+    model = load_reward_backbone(backbone or r.backbone or cfg.paths.sft,
+                                 seed=cfg.runtime.seed * 1000 + k if head_seed is None else head_seed)  # fmt: skip
     adapter = add_lora(model, r.lora, task_type=None, trainable=("score",)) if r.lora else None
     prepare_for_training(model, cfg.runtime)
     module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train),
@@ -174,12 +177,25 @@ def normalise_and_save(cfg: Config, model, data: "PairData", tokenizer, path: Pa
     return measured, (prob, *scores)
 
 
-def fit_warm(cfg: Config, data: "PairData", tokenizer, out: Path) -> dict:
-    """WARM: the members' weights averaged into one reward model, normalised and saved as ``out``/warm."""
+def fit_warm(cfg: Config, data: "PairData", tokenizer, parent: str, out: Path) -> dict:
+    """WARM: ``reward.warm_members`` fits from one initialisation (the SFT backbone and member 0's head),
+    differing in data order and bootstrap resample as the members do, their weights averaged into one
+    reward model, normalised and saved as ``out``/warm (the other fits as ``out``/warm_fit_<k>). With
+    ``member_init: sft`` the ensemble's member 0 is that fit already and is reused."""
     from transformers import AutoModelForSequenceClassification
 
-    paths = sorted(out.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
-    models = [AutoModelForSequenceClassification.from_pretrained(str(p)).eval() for p in paths]
+    r = cfg.reward
+    shared_head = cfg.runtime.seed * 1000  # member 0's
+    models = []
+    for k in range(r.warm_members):
+        if k == 0 and r.member_init == "sft":
+            models.append(AutoModelForSequenceClassification.from_pretrained(str(out / "member_0")).eval())
+            continue
+        model, logger = train_member(cfg, k, data.train, data.eval, tokenizer, parent, name=f"reward-warm-fit-{k}",
+                                     head_seed=shared_head)  # fmt: skip
+        logger.finalize("success")
+        model.save_pretrained(out / f"warm_fit_{k}")  # what the average is made of, there to inspect
+        models.append(model.eval())
     try:
         averaged = average_weights([m.state_dict() for m in models])
     except ValueError as err:
@@ -265,8 +281,8 @@ def run(cfg: Config, condition: str | None = None) -> dict:
         scaling = {str(n): fit_on_pairs(cfg, n, data, tokenizer, parent) for n in pair_counts}
         scaling[str(len(data.train))] = metrics["member_0"]["rm/accuracy"]
         metrics["scaling"] = scaling
-        if r.warm and r.members > 1:  # cheap (one averaging, two scoring passes): always there to use
-            metrics["warm"] = fit_warm(cfg, data, tokenizer, out)
+        if r.warm:  # warm_members - 1 more fits (≈ 7 s each here)
+            metrics["warm"] = fit_warm(cfg, data, tokenizer, parent, out)
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
         (out / "mlflow_run_id").write_text(parent + "\n")

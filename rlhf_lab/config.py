@@ -264,7 +264,11 @@ class RewardConfig:
     # head init and data order: fine-tune seeds), or `pretrain-seed`, each member from a backbone of its
     # own, trained from scratch on the demonstrations with another seed (Eisenstein et al. 2023).
     member_init: Literal["sft", "pretrain-seed"] = "sft"
-    warm: bool = True  # also save the members' weight average (WARM, Ramé et al. 2024) as <reward>/warm
+    # WARM (Ramé et al. 2024), saved as <reward>/warm: the weights of `warm_members` fits averaged. Weight
+    # averaging needs one initialisation, head included, and the members' heads start apart, so WARM's
+    # fits share member 0's head and SFT backbone and differ in data order (member 0 is one of them).
+    warm: bool = True
+    warm_members: int = 3
     max_length: int = 64
     # Accuracy vs number of pairs: one extra model per count, trained on a subset of the pairs.
     scaling_pairs: tuple[int, ...] = (250, 500, 1000, 2000)
@@ -272,6 +276,7 @@ class RewardConfig:
     def __post_init__(self):
         for name in ("members", "epochs", "batch_size", "max_length"):
             _check(getattr(self, name) >= 1, name, "expected an integer >= 1")
+        _check(self.warm_members >= 2 or not self.warm, "warm_members", "expected an integer >= 2 (an average of one fit is that fit)")
         _check(self.lr > 0, "lr", "expected a number > 0")
         _check(self.margin >= 0, "margin", "expected a number >= 0")
         _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "expected a number in [0, 0.5)")

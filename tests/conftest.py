@@ -27,7 +27,7 @@ def tiny_config(root, tracking_uri: str, **overrides) -> Config:
         model={"n_layer": 2, "n_embd": 32, "n_head": 2},
         sft={"epochs": 2, "batch_size": 64, "lr": 3e-3, "warmup_steps": 10, "num_samples": 2},
         preferences={"pairs": 1000, "eval_pairs": 300, "sft_samples": 256},
-        reward={"members": 2, "epochs": 3, "batch_size": 32, "lr": 2e-3, "scaling_pairs": (250,)},
+        reward={"members": 2, "warm_members": 2, "epochs": 3, "batch_size": 32, "lr": 2e-3, "scaling_pairs": (250,)},
     )
     return base.replace(**overrides) if overrides else base
 

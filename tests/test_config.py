@@ -79,6 +79,7 @@ def test_dvc_yaml_declares_only_existing_params():
         ("reward:\n  member_init: pretrain-seed\n  backbone: gpt2\n",
          "reward.member_init: pretrain-seed trains each member's backbone from scratch: reward.backbone must be null"),
         ("reward:\n  member_init: pretrained\n", "reward.member_init: expected one of"),
+        ("reward:\n  warm_members: 1\n", "reward.warm_members: expected an integer >= 2"),
         ("ppo_runs:\n  it: {rounds: 0}\n", "ppo_runs.it.rounds: expected an integer >= 1, got 0"),
         ("ppo_runs:\n  it: {rounds: 2, algorithm: dpo}\n", "ppo_runs.it.rounds: iterated RLHF samples from the policy: dpo is offline"),
         ("ppo_runs:\n  it: {rounds: 3}\npreferences:\n  pairs: 2\n",

@@ -92,18 +92,23 @@ def test_external_preference_dataset_trains(tmp_path, tiny_cfg, reward_stage):
     assert "rm/spearman_sft" in metrics["ensemble"]
 
 
-def test_warm_is_the_members_weight_average_normalised_on_sft_samples(tiny_cfg, reward_stage):
+def test_warm_averages_fits_from_one_initialisation_normalised_on_sft_samples(tiny_cfg, reward_stage):
     root = Path(tiny_cfg.for_condition().paths.reward)
-    models = [AutoModelForSequenceClassification.from_pretrained(str(root / name)) for name in ("member_0", "member_1", "warm")]
-    a, b, warm = (dict(m.named_parameters()) for m in models)
-    for name in a:
-        torch.testing.assert_close(warm[name], (a[name] + b[name]) / 2)
+    names = ("member_0", "warm_fit_1", "member_1", "warm")
+    models = [AutoModelForSequenceClassification.from_pretrained(str(root / name)) for name in names]
+    member_0, fit_1, member_1, warm = (dict(m.named_parameters()) for m in models)
+    for name in member_0:  # WARM's fits: the ensemble's member 0 and one more (reward.warm_members = 2)
+        torch.testing.assert_close(warm[name], (member_0[name] + fit_1[name]) / 2)
+    # One initialisation: fit 1 starts from member 0's head and differs in data order only, so its head
+    # ends far nearer member 0's than member 1's does, whose head started elsewhere.
+    head = "score.weight"
+    assert torch.dist(fit_1[head], member_0[head]) < 0.5 * torch.dist(member_1[head], member_0[head])
     assert reward_stage["warm"]["rm/members"] == 2 and reward_stage["warm"]["rm/accuracy"] > 0.65
     rows = read_jsonl(Path(tiny_cfg.for_condition().paths.preferences) / "sft_samples.jsonl")
     tok = AutoTokenizer.from_pretrained(str(root / "warm"))
     ids, mask = encode_texts(tok, [f"{r['prompt']} {r['response']}" for r in rows], 64, [r["ended"] for r in rows])
     with torch.no_grad():
-        z = models[2].config.reward_gain * last_token_scores(models[2].eval(), ids, mask).numpy() + models[2].config.reward_bias
+        z = models[3].config.reward_gain * last_token_scores(models[3].eval(), ids, mask).numpy() + models[3].config.reward_bias
     assert abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-3
 
 

@@ -1,8 +1,9 @@
 """WARM (Ramé et al. 2024, "WARM: On the Benefits of Weight Averaged Reward Models"): one reward
 model whose weights are the element-wise mean of the members'.
 
-Averaging weights (not predictions) works only for members fine-tuned from one initialisation, which
-stay in one linearly connected basin; the reward stage refuses members from different backbones.
+Averaging weights (not predictions) works only for members fine-tuned from one initialisation, head
+included, which stay in one linearly connected basin: the reward stage fits WARM's members so
+(``fit_warm`` in pipelines/reward.py) and refuses members of different architectures.
 """
 
 from __future__ import annotations
