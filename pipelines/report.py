@@ -414,7 +414,8 @@ def remedies_section(family: pd.DataFrame, cfg: Config) -> str:
     return "".join([
         "<p>Each remedy against the β = 0 single-RM runs of its condition. Primary endpoint: the gold of the "
         "policy the remedy leaves you with (final gold; for early stopping, the gold of the evaluation it "
-        "returns). Welch over seeds, Holm over the remedies' primary family; gold peak and gold at each d of "
+        "returns). Over seeds: paired t for early stopping (the baseline's own runs, read another way), Welch for "
+        "a remedy with runs of its own; Holm over the remedies' primary family; gold peak and gold at each d of "
         "the grid (over the seeds that reach it; none for early stopping, whose curve is the baseline's) are "
         "secondary, each a family of its own, "
         "robust = the verdict holds with any one seed left out; MDE at 80 % power and Holm's strictest level. "
@@ -426,8 +427,7 @@ def remedies_section(family: pd.DataFrame, cfg: Config) -> str:
         "held out of the training objective (members 1…K−1; the single RM trains on member 0). "
         f"<b>early_stop_gold</b> reads gold on {min(cfg.ppo.gold_probe, cfg.data.eval_prompts)} probe prompts "
         f"every {r.gold_probe_every} evaluation(s) (<code>ppo.gold_probe</code>); gold queries = probe prompts × "
-        "checks. Regret = the run's own peak gold − the gold of the returned policy. Unpaired Welch is "
-        "conservative here, where both sides are the same runs.</p>",
+        "checks. Regret = the run's own peak gold − the gold of the returned policy.</p>",
         table(remedies_table(family)),
     ])  # fmt: skip
 

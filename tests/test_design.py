@@ -12,6 +12,7 @@ from rlhf_lab.analysis.stats import (
     leave_one_seed_out,
     minimum_detectable_difference,
     paired_mde,
+    paired_seeds_needed,
     seeds_needed,
     verdict,
     welch_difference,
@@ -81,6 +82,23 @@ def test_leave_one_seed_out_flags_the_verdict_one_seed_decides():
 
     assert holm_verdicts(None) == ["higher", "not supported"]
     assert holm_verdicts(3) == ["higher", "higher"]
+
+
+def test_paired_seeds_needed_is_the_first_n_whose_paired_mde_reaches_the_effect():
+    n = paired_seeds_needed(1.0, 1.0)
+    assert paired_mde(1.0, n) <= 1.0 < paired_mde(1.0, n - 1)
+    assert n == 10  # (t_.975,9 + t_.8,9)/√10 = (2.2622 + 0.8834)/3.1623 = 0.9947; n = 9: 1.0650
+    assert paired_seeds_needed(1.0, 0.0) is None
+
+
+def test_leave_one_seed_out_tests_paired_comparisons_paired():
+    # The arm is the baseline plus 0.3 ± 0.01 in every seed, across a wide spread of seeds: unpaired
+    # (Welch) cannot see it, paired it is supported whichever seed is left out.
+    base = {0: 0.0, 1: 1.0, 2: -1.0, 3: 0.5, 4: -0.5}
+    arm = {s: v + 0.3 + 0.01 * (-1) ** s for s, v in base.items()}
+    assert leave_one_seed_out({"stop": (arm, base)}, paired=frozenset({"stop"})) == {"stop": True}
+    assert verdict(welch_difference(list(arm.values()), list(base.values())).diff,
+                   welch_difference(list(arm.values()), list(base.values())).p) == "not supported"
 
 
 def test_leave_one_seed_out_keeps_fixed_comparisons_in_the_family():

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
 from rlhf_lab.analysis.fits import fit_gao_rl_iterated, gao_rl, gao_rl_iterated
@@ -90,6 +91,12 @@ def test_early_stopping_arms_beat_the_over_optimised_baseline_under_holm():
     assert primary.loc["early_stop_proxy", "mean"] == pytest.approx(0.8, abs=0.03)
     assert primary.loc["early_stop_gold", "diff"] == pytest.approx(0.6, abs=0.03)
     assert (primary["verdict"] == "higher").all() and primary["robust"].all()
+    # A rule reads the baseline's own runs: the test pairs each seed's stop with its own end.
+    assert primary["paired"].all()
+    gold_rule = next(a for a in arms if a["name"] == "early_stop_gold")
+    by_hand = (gold_rule["arm"].set_index("seed")["gold_final"] - gold_rule["base"].set_index("seed")["gold_final"])
+    assert primary.loc["early_stop_gold", "diff"] == pytest.approx(by_hand.mean())
+    assert primary.loc["early_stop_gold", "p"] == pytest.approx(stats.ttest_1samp(by_hand, 0.0).pvalue)
     # Holm within the primary family: two tests, the smaller p doubled.
     ps = primary["p"].sort_values()
     assert primary["p_holm"].min() == pytest.approx(min(1.0, 2 * ps.iloc[0]))

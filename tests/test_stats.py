@@ -9,6 +9,7 @@ from rlhf_lab.analysis.fits import fit_gao_over_seeds, gao_rl, value_at_kl
 from rlhf_lab.analysis.stats import (
     bootstrap_mean_interval,
     group_bootstrap,
+    paired_difference,
     permutation_p,
     t_interval,
     welch_difference,
@@ -41,6 +42,22 @@ def test_welch_difference_matches_the_hand_formula():
     assert d.ci_low == pytest.approx(-4 - half) and d.ci_high == pytest.approx(-4 + half)
     assert d.p == pytest.approx(2 * stats.t.sf(4 / se, df))
     assert df == pytest.approx(2.941176, abs=1e-6)
+
+
+def test_paired_difference_matches_the_hand_formula_over_shared_seeds():
+    from scipy import stats
+
+    a = {0: 0.8, 1: 0.7, 2: 0.9, 3: 0.75, 9: 5.0}  # seed 9 has no partner: left out
+    b = {0: 0.2, 1: 0.3, 2: 0.1, 3: 0.30}
+    # differences 0.6, 0.4, 0.8, 0.45: mean 0.5625, sd 0.18428, se 0.09214, df 3
+    x = np.array([0.6, 0.4, 0.8, 0.45])
+    se = x.std(ddof=1) / 2
+    d = paired_difference(a, b)
+    assert d.diff == pytest.approx(0.5625) and (d.n_a, d.n_b) == (4, 4)
+    half = stats.t.ppf(0.975, 3) * se
+    assert d.ci_low == pytest.approx(0.5625 - half) and d.ci_high == pytest.approx(0.5625 + half)
+    assert d.p == pytest.approx(2 * stats.t.sf(0.5625 / se, 3))
+    assert d.p_permutation == pytest.approx(2 / 16)  # all four signs alike: 2 of the 16 flips
 
 
 def test_permutation_p_of_separable_groups_is_the_exact_minimum():

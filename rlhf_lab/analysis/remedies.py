@@ -10,11 +10,12 @@ Two kinds of remedy arm:
   (``ppo.early_stop``), whose final gold is that of the policy it returns.
 
 The primary endpoint of a remedy is the gold of the policy it leaves you with (``gold_final``):
-Welch over seeds against the baseline, Holm over the remedies' family, leave-one-seed-out robustness
+a test over seeds against the baseline, Holm over the remedies' family, leave-one-seed-out robustness
 and the power the seeds buy. Gold peak and gold at each distance of the d grid are secondary, each
 Holm-corrected within its own family; an early-stopping arm has no d-grid endpoints (its curve is the
-baseline's up to the stop). For early stopping the two sides are the same runs, so Welch's unpaired
-test is conservative there.
+baseline's up to the stop). An early-stopping arm is its baseline's own runs read another way, so it
+is compared with them paired by seed (a paired t test, its power and seeds from the differences'
+spread); a setting of its own is a different set of runs: Welch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from rlhf_lab.analysis.stats import (
     holm,
     leave_one_seed_out,
     minimum_detectable_difference,
+    paired_difference,
+    paired_mde,
+    paired_seeds_needed,
     seeds_needed,
     t_interval,
     verdict,
@@ -90,7 +94,7 @@ def remedy_arms(runs: pd.DataFrame, hist: pd.DataFrame, remedies: dict, patience
     arms = []
     for condition, base in bases.items():
         for name, frame in early_stop_arms(base, hist, patience, probe_every, probe_prompts, rules).items():
-            arms.append({"name": name, "condition": condition, "arm": frame, "base": base})
+            arms.append({"name": name, "condition": condition, "arm": frame, "base": base, "paired": True})
     for name, pairs in (remedies or {}).items():
         for setting, base_setting in pairs.items():
             arm, base = runs[runs["setting"] == setting], runs[runs["setting"] == base_setting]
@@ -99,7 +103,8 @@ def remedy_arms(runs: pd.DataFrame, hist: pd.DataFrame, remedies: dict, patience
             if "gold_returned" in arm and arm["gold_returned"].notna().all():
                 # Stopped online (ppo.early_stop): the run leaves you its best evaluation's policy.
                 arm = arm.assign(gold_final=arm["gold_returned"])
-            arms.append({"name": name, "condition": str(base["condition"].iloc[0]), "arm": arm, "base": base})
+            arms.append({"name": name, "condition": str(base["condition"].iloc[0]), "arm": arm, "base": base,
+                         "paired": False})  # fmt: skip
     for a in arms:
         a["best_beta"] = best_beta(runs, a["condition"])
     return arms
@@ -130,13 +135,15 @@ def remedies_family(arms: list[dict], alpha: float, d_grid=()) -> pd.DataFrame:
             base = {s: v for s, v in base.items() if np.isfinite(v)}
             if len(mine) < 2 or len(base) < 2:
                 continue
-            d = welch_difference(list(mine.values()), list(base.values()))
+            paired = bool(a.get("paired"))
+            d = paired_difference(mine, base) if paired else welch_difference(list(mine.values()), list(base.values()))
             iv = t_interval(list(mine.values()))
             sd_a, sd_b = np.std(list(mine.values()), ddof=1), np.std(list(base.values()), ddof=1)
+            sd_pairs = np.std([mine[s] - base[s] for s in mine if s in base], ddof=1) if paired else np.nan
             row = {"key": f"{a['name']}.{a['condition']}", "remedy": a["name"], "condition": a["condition"],
                    "endpoint": endpoint, "mean": iv.mean, "ci_low": iv.ci_low, "ci_high": iv.ci_high, "n": iv.n,
                    "diff": d.diff, "diff_low": d.ci_low, "diff_high": d.ci_high, "p": d.p,
-                   "sd_a": sd_a, "sd_b": sd_b, "a": mine, "b": base}  # fmt: skip
+                   "sd_a": sd_a, "sd_b": sd_b, "sd_pairs": sd_pairs, "paired": paired, "a": mine, "b": base}  # fmt: skip
             if not a["best_beta"].empty:
                 best = welch_difference(list(mine.values()), list(by_seed(a["best_beta"], endpoint).values()))
                 row.update({"best_beta": str(a["best_beta"]["setting"].iloc[0]), "vs_best_beta": best.diff,
@@ -155,14 +162,17 @@ def remedies_family(arms: list[dict], alpha: float, d_grid=()) -> pd.DataFrame:
     family["verdict"] = [verdict(d, q, alpha) for d, q in zip(family["diff"], family["p_holm"])]
     primary = family[family["endpoint"] == ENDPOINTS[0]]
     robust = leave_one_seed_out({k: (a, b) for k, a, b in zip(primary["key"], primary["a"], primary["b"])},
-                                alpha=alpha)  # fmt: skip
+                                alpha=alpha, paired=frozenset(primary.loc[primary["paired"], "key"]))  # fmt: skip
     family["robust"] = [robust.get(k) if e == ENDPOINTS[0] else None for k, e in zip(family["key"], family["endpoint"])]
     level = alpha / max(len(primary), 1)  # Holm's strictest step: the power below is a lower bound
-    family["mde"] = [minimum_detectable_difference(sa, len(a), sb, len(b), level, POWER)
-                     for sa, a, sb, b in zip(family["sd_a"], family["a"], family["sd_b"], family["b"])]  # fmt: skip
-    family["seeds_needed"] = [seeds_needed(sa, sb, d, level, POWER)
-                              for sa, sb, d in zip(family["sd_a"], family["sd_b"], family["diff"])]  # fmt: skip
-    return family.drop(columns=["a", "b"])
+    family["mde"] = [paired_mde(sp, int(n), level, POWER) if paired else
+                     minimum_detectable_difference(sa, len(a), sb, len(b), level, POWER)
+                     for paired, sp, n, sa, a, sb, b in zip(family["paired"], family["sd_pairs"], family["n"], family["sd_a"],
+                                                            family["a"], family["sd_b"], family["b"])]  # fmt: skip
+    family["seeds_needed"] = [paired_seeds_needed(sp, d, level, POWER) if paired else seeds_needed(sa, sb, d, level, POWER)
+                              for paired, sp, sa, sb, d in zip(family["paired"], family["sd_pairs"], family["sd_a"],
+                                                               family["sd_b"], family["diff"])]  # fmt: skip
+    return family.drop(columns=["a", "b", "sd_pairs"])
 
 
 def remedies_metrics(family: pd.DataFrame) -> dict:

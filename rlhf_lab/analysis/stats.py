@@ -60,7 +60,8 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) − mean(b) with Welch's interval and two-sided p-value, and a permutation p-value."""
+    """mean(a) − mean(b) with a t interval and two-sided p-value (Welch's, or paired where
+    :func:`paired_difference` made it), and a permutation p-value."""
 
     diff: float
     ci_low: float
@@ -88,6 +89,24 @@ def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVE
     ci = result.confidence_interval(confidence_level=level)
     return Difference(diff, float(ci.low), float(ci.high), float(result.pvalue), permutation_p(x, y),
                       len(x), len(y))  # fmt: skip
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float], level: float = LEVEL) -> Difference:
+    """mean(a − b) over the seeds both sides have (``{seed: value}``; one run measured two ways, as an
+    early-stopping rule read over its baseline's own runs): the paired t interval and p-value, and
+    the sign-flip permutation p. NaN with fewer than 2 pairs."""
+    seeds = sorted(s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s]))
+    x = np.array([a[s] - b[s] for s in seeds], dtype=np.float64)
+    if len(x) < 2:
+        return Difference(float(x.mean()) if len(x) else math.nan, math.nan, math.nan, math.nan, math.nan,
+                          len(x), len(x))  # fmt: skip
+    diff = float(x.mean())
+    if np.var(x) == 0:  # every pair moved alike: the t statistic is undefined
+        return Difference(diff, diff, diff, 1.0 if diff == 0 else 0.0, 1.0 if diff == 0 else 0.0, len(x), len(x))
+    result = stats.ttest_1samp(x, 0.0)
+    ci = result.confidence_interval(confidence_level=level)
+    return Difference(diff, float(ci.low), float(ci.high), float(result.pvalue),
+                      permutation_p(x, np.zeros_like(x), paired=True), len(x), len(x))  # fmt: skip
 
 
 def permutation_p(a: Sequence[float], b: Sequence[float], paired: bool = False, n_resamples: int = 9999,
@@ -208,22 +227,39 @@ def seeds_needed(sd_a: float, sd_b: float, difference: float, alpha: float = 0.0
     return None
 
 
+def paired_seeds_needed(sd: float, difference: float, alpha: float = 0.05, power: float = 0.8,
+                        most: int = 10_000) -> int | None:  # fmt: skip
+    """Pairs for :func:`paired_mde` to reach |difference| at the differences' spread ``sd``; None where
+    it needs more than ``most`` (or the difference is 0)."""
+    if not np.isfinite(difference) or difference == 0 or not np.isfinite(sd):
+        return None
+    for n in range(2, most + 1):
+        if paired_mde(sd, n, alpha, power) <= abs(difference):
+            return n
+    return None
+
+
 def leave_one_seed_out(family: dict[str, tuple[dict[int, float], dict[int, float]]],
-                       fixed: dict[str, tuple[float, float]] | None = None, alpha: float = 0.05) -> dict[str, bool]:  # fmt: skip
+                       fixed: dict[str, tuple[float, float]] | None = None, alpha: float = 0.05,
+                       paired: frozenset[str] = frozenset()) -> dict[str, bool]:  # fmt: skip
     """Which verdicts of a family no single seed decides.
 
     ``family`` maps each comparison over seeds to its two sides' values by seed ({seed: value});
     ``fixed`` maps the family's other comparisons (not over seeds, e.g. best-of-n's over prompts) to
     their (difference, p). The verdict of each comparison (:func:`verdict` after :func:`holm` over
-    the whole family, Welch's test for those over seeds) is recomputed with each seed in turn left
+    the whole family; Welch's test for those over seeds, :func:`paired_difference` for those named in
+    ``paired``) is recomputed with each seed in turn left
     out of every side that has it; a comparison is robust when its verdict is the same in every such
     rerun as with all seeds. A fixed comparison can lose robustness only through Holm's ranks.
     """
     fixed = fixed or {}
 
     def verdicts(drop: int | None) -> dict[str, str]:
-        tests = {name: welch_difference([v for s, v in a.items() if s != drop], [v for s, v in b.items() if s != drop])
-                 for name, (a, b) in family.items()}  # fmt: skip
+        def test(name, a, b):
+            a, b = ({s: v for s, v in side.items() if s != drop} for side in (a, b))
+            return paired_difference(a, b) if name in paired else welch_difference(list(a.values()), list(b.values()))
+
+        tests = {name: test(name, a, b) for name, (a, b) in family.items()}
         pairs = {**{name: (d.diff, d.p) for name, d in tests.items()}, **fixed}
         adjusted = holm([p for _, p in pairs.values()])
         return {name: verdict(diff, q, alpha) for (name, (diff, _)), q in zip(pairs.items(), adjusted)}
