@@ -760,15 +760,13 @@ def check_across_settings(cfg: Config) -> None:
             if cfg.model.lora and run.ppo.round_start == "last":
                 raise ConfigError(f"{where}.round_start: last continues a saved policy, and with model.lora the "
                                   "reference would be that policy with its adapter off; use round_start: sft")  # fmt: skip
-    for name in [None, *cfg.ppo_runs]:  # WARM averages members of one initialisation (rewards/warm.py)
+    for name in [None, *cfg.ppo_runs]:  # the reward stage saves WARM only where reward.warm is on
         run = cfg.ppo_run(name) if name else cfg
         if run.ppo.reward_objective == "warm":
             where = f"ppo_runs.{name}" if name else "ppo"
-            reward = cfg.for_condition(run.ppo.reward_condition).reward
-            if not reward.warm or reward.members < 2 or reward.member_init != "sft":
-                raise ConfigError(f"{where}.reward_objective: warm needs its condition's reward.warm: true, "
-                                  "reward.members >= 2 and reward.member_init: sft (members fine-tuned from one "
-                                  "initialisation, as weight averaging requires)")  # fmt: skip
+            if not cfg.for_condition(run.ppo.reward_condition).reward.warm:
+                raise ConfigError(f"{where}.reward_objective: warm needs its condition's reward.warm: true "
+                                  "(the reward stage then saves the weight average)")  # fmt: skip
     # An early-stopping rule needs what it reads: held-out reward members, or gold on probe prompts.
     for name in [None, *cfg.ppo_runs]:
         run = cfg.ppo_run(name) if name else cfg

@@ -74,8 +74,6 @@ def test_dvc_yaml_declares_only_existing_params():
         ("report:\n  early_stop_patience: 0\n", "report.early_stop_patience: expected an integer >= 1, got 0"),
         ("ppo_runs:\n  w: {reward_objective: warm}\nreward:\n  warm: false\n",
          "ppo_runs.w.reward_objective: warm needs its condition's reward.warm: true"),
-        ("ppo_runs:\n  w: {reward_objective: warm}\nreward:\n  member_init: pretrain-seed\n",
-         "reward.member_init: sft (members fine-tuned from one initialisation"),
         ("reward:\n  member_init: pretrain-seed\n  backbone: gpt2\n",
          "reward.member_init: pretrain-seed trains each member's backbone from scratch: reward.backbone must be null"),
         ("reward:\n  member_init: pretrained\n", "reward.member_init: expected one of"),
