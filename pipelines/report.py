@@ -325,7 +325,8 @@ def warm_scores_of_final_samples(cfg: Config, runs: pd.DataFrame) -> dict[str, n
     condition saved one and the run did not train on it (those record it as their first score): the
     agreement table's WARM columns for the default grid, at the cost of scoring, not of a run."""
     scores = {}
-    zero = runs[(runs["beta"] == 0) & ~runs["adaptive"] & (runs["objective"] != "warm")]
+    zero = zero_beta(runs)
+    zero = zero[zero["objective"] != "warm"]
     for condition, group in zero.groupby("condition", sort=False):
         condition_cfg = cfg.for_condition(condition)
         if not warm_path(condition_cfg).is_dir():

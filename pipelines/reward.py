@@ -116,10 +116,15 @@ def quality(prob: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, gold_lab
     return metrics
 
 
+def head_seed(cfg: Config, k: int) -> int:
+    """The seed of member ``k``'s score head (members differ in it: fine-tune seeds)."""
+    return cfg.runtime.seed * 1000 + k
+
+
 def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_run_id: str, name: str = "",
-                 backbone: Path | None = None, head_seed: int | None = None):  # fmt: skip
+                 backbone: Path | None = None, shared_head: int | None = None):  # fmt: skip
     """Fit member ``k``: its data order (and bootstrap resample) and its head's initialisation come from
-    ``k`` unless ``head_seed`` fixes the head (WARM's fits share one initialisation)."""
+    ``k`` unless ``shared_head`` fixes the head's seed (WARM's fits share one initialisation)."""
     r = cfg.reward
     apply_runtime(cfg.runtime, seed_offset=k)
     rows = train_rows
@@ -129,7 +134,7 @@ def train_member(cfg: Config, k: int, train_rows, eval_rows, tokenizer, parent_r
     train = pair_loader(tokenizer, rows, r.max_length, r.batch_size, True, seed=cfg.runtime.seed + k)
     val = pair_loader(tokenizer, eval_rows, r.max_length, 256, False, seed=0)
     model = load_reward_backbone(backbone or r.backbone or cfg.paths.sft,
-                                 seed=cfg.runtime.seed * 1000 + k if head_seed is None else head_seed)  # fmt: skip
+                                 seed=head_seed(cfg, k) if shared_head is None else shared_head)  # fmt: skip
     adapter = add_lora(model, r.lora, task_type=None, trainable=("score",)) if r.lora else None
     prepare_for_training(model, cfg.runtime)
     module = RewardModule(model, r.lr, r.weight_decay, r.margin, total_steps=r.epochs * len(train),
@@ -185,14 +190,13 @@ def fit_warm(cfg: Config, data: "PairData", tokenizer, parent: str, out: Path) -
     from transformers import AutoModelForSequenceClassification
 
     r = cfg.reward
-    shared_head = cfg.runtime.seed * 1000  # member 0's
     models = []
     for k in range(r.warm_members):
         if k == 0 and r.member_init == "sft":
             models.append(AutoModelForSequenceClassification.from_pretrained(str(out / "member_0")).eval())
             continue
         model, logger = train_member(cfg, k, data.train, data.eval, tokenizer, parent, name=f"reward-warm-fit-{k}",
-                                     head_seed=shared_head)  # fmt: skip
+                                     shared_head=head_seed(cfg, 0))  # fmt: skip
         logger.finalize("success")
         model.save_pretrained(out / f"warm_fit_{k}")  # what the average is made of, there to inspect
         models.append(model.eval())

@@ -88,8 +88,8 @@ def member_agreement(runs: pd.DataFrame, kinds: dict[str, str] | None = None,
     the SFT average (normalised reward > 0): a hack all members share, which no aggregate can see.
     ``kinds`` names each condition's kind of ensemble (fine-tune seed, pre-train seed) for a column;
     a WARM run's first score is the weight average, kept out of the members' columns. ``warm_scores``
-    (a run's path → the weight average's score of each of its final samples) adds whether WARM, which
-    averages the same members' weights, sees the hack they share."""
+    (a run's path → the weight average's score of each of its final samples) adds whether WARM, whose
+    fits start from member 0, sees the hack the members share."""
     rows = []
     zero = runs[(runs["beta"] == 0) & ~runs["adaptive"]]
     # With kinds, one row per setting (settings of one condition and objective may hold other members).

@@ -165,14 +165,18 @@ def remedies_family(arms: list[dict], alpha: float, d_grid=()) -> pd.DataFrame:
                                 alpha=alpha, paired=frozenset(primary.loc[primary["paired"], "key"]))  # fmt: skip
     family["robust"] = [robust.get(k) if e == ENDPOINTS[0] else None for k, e in zip(family["key"], family["endpoint"])]
     level = alpha / max(len(primary), 1)  # Holm's strictest step: the power below is a lower bound
-    family["mde"] = [paired_mde(sp, int(n), level, POWER) if paired else
-                     minimum_detectable_difference(sa, len(a), sb, len(b), level, POWER)
-                     for paired, sp, n, sa, a, sb, b in zip(family["paired"], family["sd_pairs"], family["n"], family["sd_a"],
-                                                            family["a"], family["sd_b"], family["b"])]  # fmt: skip
-    family["seeds_needed"] = [paired_seeds_needed(sp, d, level, POWER) if paired else seeds_needed(sa, sb, d, level, POWER)
-                              for paired, sp, sa, sb, d in zip(family["paired"], family["sd_pairs"], family["sd_a"],
-                                                               family["sd_b"], family["diff"])]  # fmt: skip
+    family["mde"], family["seeds_needed"] = zip(*(power_of(row, level) for _, row in family.iterrows()))
     return family.drop(columns=["a", "b", "sd_pairs"])
+
+
+def power_of(row: pd.Series, level: float) -> tuple[float, int | None]:
+    """A comparison's detectable difference at 80 % power and the seeds a difference of its observed
+    size would need: from the pairs' differences where it is paired, else from each side's spread."""
+    if row["paired"]:
+        return (paired_mde(row["sd_pairs"], int(row["n"]), level, POWER),
+                paired_seeds_needed(row["sd_pairs"], row["diff"], level, POWER))  # fmt: skip
+    return (minimum_detectable_difference(row["sd_a"], len(row["a"]), row["sd_b"], len(row["b"]), level, POWER),
+            seeds_needed(row["sd_a"], row["sd_b"], row["diff"], level, POWER))  # fmt: skip
 
 
 def remedies_metrics(family: pd.DataFrame) -> dict:

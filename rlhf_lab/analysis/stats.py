@@ -215,28 +215,29 @@ def paired_mde(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> fl
     return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
 
+def _first_n_detecting(detectable: Callable[[int], float], difference: float, most: int) -> int | None:
+    """The smallest n ≥ 2 whose detectable difference reaches |difference|; None past ``most``."""
+    if not np.isfinite(difference) or difference == 0:
+        return None
+    return next((n for n in range(2, most + 1) if detectable(n) <= abs(difference)), None)
+
+
 def seeds_needed(sd_a: float, sd_b: float, difference: float, alpha: float = 0.05, power: float = 0.8,
                  most: int = 10_000) -> int | None:  # fmt: skip
     """Seeds per side (equal on both) for :func:`minimum_detectable_difference` to reach |difference|
     at these spreads; None where it needs more than ``most`` (or the difference is 0)."""
-    if not np.isfinite(difference) or difference == 0 or not (np.isfinite(sd_a) and np.isfinite(sd_b)):
+    if not (np.isfinite(sd_a) and np.isfinite(sd_b)):
         return None
-    for n in range(2, most + 1):
-        if minimum_detectable_difference(sd_a, n, sd_b, n, alpha, power) <= abs(difference):
-            return n
-    return None
+    return _first_n_detecting(lambda n: minimum_detectable_difference(sd_a, n, sd_b, n, alpha, power), difference, most)
 
 
 def paired_seeds_needed(sd: float, difference: float, alpha: float = 0.05, power: float = 0.8,
                         most: int = 10_000) -> int | None:  # fmt: skip
     """Pairs for :func:`paired_mde` to reach |difference| at the differences' spread ``sd``; None where
     it needs more than ``most`` (or the difference is 0)."""
-    if not np.isfinite(difference) or difference == 0 or not np.isfinite(sd):
+    if not np.isfinite(sd):
         return None
-    for n in range(2, most + 1):
-        if paired_mde(sd, n, alpha, power) <= abs(difference):
-            return n
-    return None
+    return _first_n_detecting(lambda n: paired_mde(sd, n, alpha, power), difference, most)
 
 
 def leave_one_seed_out(family: dict[str, tuple[dict[int, float], dict[int, float]]],
