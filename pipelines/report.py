@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.analysis.comparisons import (
@@ -36,6 +37,8 @@ from rlhf_lab.analysis.findings import (
     zero_beta,
 )
 from rlhf_lab.analysis.fits import distinct_n
+from rlhf_lab.analysis.labels import setting_labels
+from rlhf_lab.analysis.proportions import wilson_interval
 from rlhf_lab.analysis.remedies import (
     iterated_form,
     remedies_family,
@@ -52,6 +55,7 @@ from rlhf_lab.data.files import read_jsonl, write_json
 from rlhf_lab.report.figures import (
     beta_ablation,
     draw_bands,
+    draw_d_bands,
     ensembles,
     figure,
     frontier_figure,
@@ -65,6 +69,7 @@ from rlhf_lab.report.page import (
     describe_gold,
     embed,
     findings_section,
+    synthesis,
     fits_text,
     hacking_table,
     shown_note,
@@ -91,6 +96,7 @@ def load_runs(ppo_dir: Path, settings=None) -> tuple[pd.DataFrame, pd.DataFrame]
         meta["setting"] = path.parts[-3]
         meta["run"] = f"{meta['setting']}/seed_{meta['seed']}"
         metrics = json.loads((path / "metrics.json").read_text())
+        meta["kl_budget"] = kl_budget_of(path)
         if (path / "cost.json").is_file():  # what the run cost (section 9)
             metrics.update(json.loads((path / "cost.json").read_text()))
         final = read_jsonl(path / "final_samples.jsonl")
@@ -110,16 +116,28 @@ def load_runs(ppo_dir: Path, settings=None) -> tuple[pd.DataFrame, pd.DataFrame]
     return runs, pd.concat(histories, ignore_index=True)
 
 
+def kl_budget_of(seed_dir: Path) -> float | None:
+    """The KL budget a run ran under, from the config saved beside it (a setting may override it)."""
+    saved = seed_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    budget = (yaml.safe_load(saved.read_text()) or {}).get("ppo", {}).get("kl_budget")
+    return float(budget) if budget is not None else None
+
+
 def design_metrics(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.DataFrame, first: str) -> dict:
     """metrics.json keys of the declared design: endpoints by objective, the RL fits' checks, the primary family."""
     metrics = family_metrics(family)
     for (condition, objective), group in zero_beta(runs).groupby(["condition", "objective"], sort=False):
-        for column in ["gold_peak", "gold_peak_kl", *[c for c in runs if c.startswith("gold_at_d")]]:
+        for column in ["gold_peak", "gold_peak_kl", "gold_at_budget", *[c for c in runs if c.startswith("gold_at_d")]]:
             metrics.update({f"ensemble.{condition}.{objective}.{column}.{k}": v
                             for k, v in t_interval(group[column]).to_dict().items()})  # fmt: skip
     for condition, fit in rl.items():
         row = counts[(counts["condition"] == condition) & (counts["objective"] == "single") & (counts["beta"] == 0)]
-        keys = {"seeds_overoptimised": int(row["seeds_overoptimised"].sum()), "seeds": int(row["seeds"].sum()),
+        over = wilson_interval(int(row["seeds_overoptimised"].sum()), int(row["seeds"].sum()))
+        keys = {"seeds_overoptimised": over.k, "seeds": over.n, "seeds_overoptimised.ci_low": over.ci_low,
+                "seeds_overoptimised.ci_high": over.ci_high, "peak_quoted": fit["quoted_peak_kl"] is not None,
+                "seeds_peak_quoted": sum(s["quoted_peak_kl"] is not None for s in fit["per_seed"]),
                 "per_seed_peak_in_range": all(s["peak_in_range"] for s in fit["per_seed"]),
                 "r2_per_seed_min": min(s["r2"] for s in fit["per_seed"]),
                 "r2_per_seed_median": float(np.median([s["r2"] for s in fit["per_seed"]])),
@@ -147,14 +165,16 @@ def proxy_only_report(cfg: Config, runs: pd.DataFrame, hist: pd.DataFrame, rewar
     with replacing_dir(cfg.paths.report, merge=True) as out:
         fig_dir = out / "figures"
 
+        shown = hist.assign(setting=hist["setting"].map(setting_labels(runs, next(iter(cfg.reward_conditions)))))
+
         def draw(axes):
-            for ax, x in zip(axes, ("step", "kl")):
-                draw_bands(ax, seed_band(hist, "proxy", x=x), x, "proxy")
-                ax.set(xlabel="PPO iteration" if x == "step" else "KL(π‖π_SFT) (nats)", ylabel="proxy reward",
-                       title=f"proxy vs {x} (mean, 95 % band over seeds)")
+            draw_bands(axes[0], seed_band(shown, "proxy", x="step"), "step", "proxy")
+            axes[0].set(xlabel="PPO iteration", ylabel="proxy reward", title="proxy over training (mean, 95 % band)")
+            draw_d_bands(axes[1], shown, "proxy")
+            axes[1].set(xlabel="d = √KL(π‖π_SFT)", ylabel="proxy reward", title="proxy vs distance (mean on d)")
             axes[0].legend(fontsize=6)
 
-        png = figure(fig_dir / "proxy.png", draw)
+        png = figure(fig_dir / "proxy.png", draw, panels=2)
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
         sections = [
@@ -212,22 +232,25 @@ def run(cfg: Config) -> dict:
                                        else (pd.DataFrame(), {}))  # fmt: skip
     counts = overoptimisation_counts(runs)
 
+    labels = setting_labels(every_run, first)  # what every legend and table calls a setting
+    shown = hist.assign(setting=hist["setting"].map(labels))
+
     with replacing_dir(cfg.paths.report, merge=True) as out:  # reports/README.md stays
         fig_dir = out / "figures"
         rl, bon_fit = overoptimisation_fits(hist, bon, first)
-        overopt_png = overoptimisation(hist, bon, first, rl, bon_fit, fig_dir)
-        ensembles_png = ensembles(hist, bon, fig_dir)
+        overopt_png = overoptimisation(shown, bon, first, rl, bon_fit, fig_dir)
+        ensembles_png = ensembles(shown, bon, fig_dir)
         beta_png, beta_summary, trade = beta_ablation(runs, hist, first, fig_dir)
-        rm_png, scaling = rm_quality(reward_metrics, calibration, hist, fig_dir)
+        rm_png, scaling = rm_quality(reward_metrics, calibration, shown, fig_dir)
         sweep_png = sweep_figure(trials, fig_dir) if trials is not None else None
         comparison = ensemble_comparison(runs, hist, r.matched_kl)
         agreement = member_agreement(runs)
-        setting_gold = runs.groupby("setting")["gold_final"].mean()
+        setting_gold = runs.groupby("setting")["gold_at_budget"].mean()
         best_setting = setting_gold.idxmax()
         metrics = headline_metrics(rl.get(first, {}), bon_fit, comparison, beta_summary, sweep_metrics, first)
         metrics.update(design_metrics(runs, rl, counts, family, first))
         metrics.update(replication_metrics)
-        metrics.update({"best_run": best_setting, "best_run.gold_final": float(setting_gold.max())})
+        metrics.update({"best_run": best_setting, "best_run.gold_at_budget": float(setting_gold.max())})
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
         plots = out / "plots"
@@ -235,7 +258,8 @@ def run(cfg: Config) -> dict:
         hist[["run", "setting", "seed", "step", "kl", "d", "gold", "proxy", "disagreement"]].to_csv(plots / "ppo_curves.csv", index=False)
         bon.to_csv(plots / "best_of_n.csv", index=False)
         fixed = runs[(runs["objective"] == "single") & ~runs["adaptive"] & (runs["condition"] == first)]
-        fixed[["run", "seed", "beta", "gold_final", "proxy_final", "kl_final", "distinct_2"]].to_csv(plots / "beta_ablation.csv", index=False)
+        fixed[["run", "seed", "beta", "gold_at_budget", "kl_at_budget", "gold_final", "proxy_final", "kl_final",
+               "distinct_2"]].to_csv(plots / "beta_ablation.csv", index=False)  # fmt: skip
         frontier_table, frontier_metrics = frontier(every_run, every_hist, first, r.alpha)
         metrics.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for k, v in frontier_metrics.items()})  # fmt: skip
@@ -251,11 +275,14 @@ def run(cfg: Config) -> dict:
         write_json(out / "metrics.json", metrics)
         config_lib.save(cfg, out / "config.yaml")
 
-        run_table = runs[["setting", "seed", "gold_initial", "gold_peak", "gold_peak_kl", "gold_final",
-                          "proxy_final", "kl_final", "distinct_1", "distinct_2"]].round(3)  # fmt: skip
-        beta_table = pd.DataFrame({"β": beta_summary["beta"], "n": [iv.n for iv in beta_summary["gold_final"]],
-                                   **{f"{c} [95 % CI]": beta_summary[c].map(fmt_interval) for c in
-                                      ("gold_final", "gold_peak", "proxy_final", "kl_final", "distinct_2")}})  # fmt: skip
+        run_table = every_run_table(runs, labels)
+        beta_table = pd.DataFrame({"β": beta_summary["beta"], "n": [iv.n for iv in beta_summary["gold_at_budget"]],
+                                   "reached the budget": [f"{int(g['budget_reached'].sum())} of {len(g)}"
+                                                          for _, g in fixed.groupby("beta")],
+                                   **{f"{name} [95 % CI]": beta_summary[c].map(fmt_interval) for c, name in
+                                      (("gold_at_budget", "gold at the budget"), ("kl_at_budget", "KL where read"),
+                                       ("gold_peak", "gold peak"), ("proxy_at_budget", "proxy at the budget"),
+                                       ("kl_final", "KL at the last evaluation"), ("distinct_2", "distinct-2"))}})  # fmt: skip
         rm_table = pd.DataFrame([{"condition": c, "model": k, **v} for c, m in reward_metrics.items()
                                  for k, v in m.items() if k.startswith(("member", "ensemble", "warm"))])  # fmt: skip
         sections = [
@@ -263,25 +290,27 @@ def run(cfg: Config) -> dict:
             "<p>Every number below is read from the runs' files written by the pipeline "
             f"(<code>runs/</code>, <code>models/reward</code>); {describe_gold(cfg)}, proxy the "
             "learned reward model(s) used for training, normalised to mean 0 / std 1 on SFT samples.</p>",
-            findings_section(runs, rl, counts, family, bon, cfg),
+            synthesis(runs, rl, counts, family, cfg),
+            findings_section(family, bon),
             *(["<p><b>Replication</b>: each primary comparison over seeds decided from each disjoint seed set "
                "alone (Holm within the set); a verdict that differs between the sets is not a finding.</p>",
                table(replicated)] if not replicated.empty else []),
             METHODS,
             "<h2>1. Over-optimisation (Gao et al. 2022)</h2>", embed(overopt_png), fits_text(rl, bon_fit, cfg),
             "<p>Seeds that over-optimised (gold fell at least "
-            f"{r.overopt_drop:g} from its peak while the proxy ended above its value there), per setting:</p>",
-            table(counts),
+            f"{r.overopt_drop:g} from its peak while the proxy at the budget ended above its value there), per setting, "
+            "with Wilson's 95 % interval for the rate:</p>",
+            table(counts.assign(setting=counts["setting"].map(labels))),
             "<h2>2. Reward-model ensembles (Coste et al. 2023)</h2>", embed(ensembles_png),
             f"<p>β = 0 runs by training objective and reward condition ({describe_conditions(cfg)}). "
-            "Gold drop = peak gold − final gold of a run; gold at matched KL = the gold where the run first "
+            "Gold drop = peak gold − gold at the KL budget of a run; gold at matched KL = the gold where the run first "
             "reaches the matched KL (interpolated between evaluations; the median KL of the condition's gold "
             f"peaks unless <code>report.matched_kl</code> is set). Uncertainty-weighted λ = {cfg.ppo.uwo_lambda}.</p>",
             "<p>The primary endpoint is the gold peak, tested against the single RM of the same condition within the "
             "primary family (Holm); gold at each distance, gold drop and KL at the peak are secondary endpoints, shown "
-            "as estimates with 95 % intervals and no verdict. MDE: the difference detectable with 80 % power at "
-            "Holm's strictest level from the observed seed spread; seeds needed: per side, for a difference of the "
-            "observed size.</p>",
+            "as estimates with 95 % intervals and no verdict; a distance some seeds never reached is read over those "
+            "that did (the cell says how many). Detectable: the difference found with 80 % power at Holm's strictest "
+            "level from the observed seed spread; seeds needed: per side, for a difference of the observed size.</p>",
             table(ensemble_table(runs, family, r.d_grid)) if not zero_beta(runs).empty
             else "<p>No β = 0 runs: the ensemble comparison is skipped.</p>",
             "<p>Earlier endpoints (gold drop, gold at a matched KL; Welch, uncorrected; kept for comparison with "
@@ -302,7 +331,8 @@ def run(cfg: Config) -> dict:
             "<h2>7. Optuna study (β, clip ε)</h2>", sweep_section(cfg, trials, sweep_metrics, sweep_png, metrics, runs, first),
             "<h2>8. Every run</h2>", table(run_table),
             "<h2>9. Every optimiser on one gold: the frontier</h2>",
-            frontier_section(frontier_table, every_run, every_hist, first, fig_dir),
+            frontier_section(frontier_table, every_run, every_hist.assign(setting=every_hist["setting"].map(labels)), first,
+                             fig_dir),
             "<h2>10. Remedies against over-optimisation</h2>", remedies_section(remedies, cfg),
             *warm_best_of_n_section(warm_bon),
             "<p>Does a more diverse ensemble break the shared hack? Members' agreement on the β = 0 policies' final "
@@ -318,6 +348,18 @@ def run(cfg: Config) -> dict:
         ]
         (out / "report.html").write_text(style_page(r.title, sections))
     return metrics
+
+
+def every_run_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Section 8: each run's endpoints, gold at the budget beside the KL where it was read and where the
+    run stopped, so a run the cap stopped short of the budget reads as such."""
+    frame = runs.assign(setting=runs["setting"].map(labels),
+                        ended=np.where(runs["budget_reached"], "at the KL budget", "at the iteration cap"))  # fmt: skip
+    columns = {"setting": "setting", "seed": "seed", "ended": "read", "gold_initial": "gold (SFT)",
+               "gold_at_budget": "gold at the budget", "kl_at_budget": "KL where read", "gold_peak": "gold peak",
+               "gold_peak_kl": "KL at peak", "proxy_at_budget": "proxy at the budget", "gold_final": "gold, last evaluation",
+               "kl_final": "KL, last evaluation", "distinct_1": "distinct-1", "distinct_2": "distinct-2"}  # fmt: skip
+    return frame[list(columns)].rename(columns=columns).round(3)
 
 
 def warm_scores_of_final_samples(cfg: Config, runs: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -6,7 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_lab.analysis.fits import gao_rl, rl_fits, run_endpoints, values_on_d_grid
+from rlhf_lab.analysis.fits import (
+    budget_crossing,
+    gao_rl,
+    misfit_reasons,
+    quoted_peak,
+    rl_fits,
+    run_endpoints,
+    values_on_d_grid,
+)
 from rlhf_lab.analysis.stats import (
     holm,
     leave_one_seed_out,
@@ -130,9 +138,9 @@ def synthetic_runs():
     rows = []
     for seed, (single, mean, b01) in enumerate([(0.5, 0.8, 0.4), (0.6, 0.9, 0.45), (0.7, 1.0, 0.5)]):
         base = {"condition": "clean", "adaptive": False, "seed": seed}
-        rows += [{**base, "setting": "beta0", "beta": 0.0, "objective": "single", "gold_peak": single, "gold_final": 0.1 * seed},
-                 {**base, "setting": "beta0_mean", "beta": 0.0, "objective": "mean", "gold_peak": mean, "gold_final": 0.0},
-                 {**base, "setting": "beta01", "beta": 0.1, "objective": "single", "gold_peak": b01, "gold_final": b01}]
+        rows += [{**base, "setting": "beta0", "beta": 0.0, "objective": "single", "gold_peak": single, "gold_at_budget": 0.1 * seed},
+                 {**base, "setting": "beta0_mean", "beta": 0.0, "objective": "mean", "gold_peak": mean, "gold_at_budget": 0.0},
+                 {**base, "setting": "beta01", "beta": 0.1, "objective": "single", "gold_peak": b01, "gold_at_budget": b01}]
     return pd.DataFrame(rows)
 
 
@@ -148,7 +156,7 @@ def test_the_primary_family_is_one_endpoint_per_question_under_holm():
     assert set(family.index) == {"ensemble.clean.mean", "beta.0.1", "bon.clean.mean"}
     ens, beta, best = family.loc["ensemble.clean.mean"], family.loc["beta.0.1"], family.loc["bon.clean.mean"]
     assert ens["endpoint"] == "gold_peak" and ens["diff"] == pytest.approx(0.3)  # 0.9 − 0.6
-    assert beta["endpoint"] == "gold_final" and beta["diff"] == pytest.approx(0.45 - 0.1)
+    assert beta["endpoint"] == "gold_at_budget" and beta["diff"] == pytest.approx(0.45 - 0.1)
     # Best-of-n is paired over prompts: every difference positive, 2⁴ sign flips, two-sided p = 2/16.
     assert best["diff"] == pytest.approx(0.25) and best["p"] == pytest.approx(0.125)
     assert list(family["p_holm"]) == pytest.approx(list(holm(family["p"])))
@@ -174,3 +182,53 @@ def test_replication_sets_each_verdict_from_each_seed_set_alone():
     assert metrics["replication.ensemble.clean.mean.set1.verdict"] == "not supported"  # +0.000 in set 1
     assert rows.loc["ensemble.clean.mean", "agree"] == "no" and rows.loc["beta.0.1", "agree"] == "yes"
     assert not metrics["replication.ensemble.clean.mean.agree"] and metrics["replication.beta.0.1.agree"]
+
+
+def test_budget_crossing_interpolates_where_the_run_passes_the_budget_and_censors_a_run_that_never_does():
+    # 30 → 90 nats over one evaluation interval: at 50, a third of the way, 0.7 + (20/60)·(−0.5 − 0.7) = 0.3
+    assert budget_crossing([0, 10, 30, 90], [0.0, 0.5, 0.7, -0.5], 50) == (pytest.approx(0.3), 50.0, True)
+    # the iteration cap stopped it at KL 26: read there, marked as not reaching the budget
+    assert budget_crossing([0, 10, 26], [0.0, 0.5, 0.6], 50) == (0.6, 26.0, False)
+    assert budget_crossing([0, 10, 26], [0.0, 0.5, 0.6], None) == (0.6, 26.0, True)  # no budget: the last evaluation
+
+
+def test_run_endpoints_are_read_on_the_curve_up_to_the_budget():
+    kl, gold, proxy = [0, 4, 9, 16, 25, 100], [0.0, 0.5, 0.8, 0.4, 0.1, -2.0], [0, 1, 2, 3, 4, 10]
+    e = run_endpoints(kl, gold, proxy, d_grid=[2], kl_budget=50)
+    # 25 → 100 crosses 50 a third of the way: gold 0.1 + (1/3)(−2.1) = −0.6, proxy 4 + (1/3)·6 = 6
+    assert e["gold_at_budget"] == pytest.approx(-0.6) and e["proxy_at_budget"] == pytest.approx(6.0)
+    assert (e["kl_at_budget"], e["budget_reached"]) == (50.0, True)
+    assert e["gold_drop"] == pytest.approx(0.8 + 0.6) and e["overoptimised"]
+    assert (e["gold_final"], e["kl_final"]) == (-2.0, 100.0)  # where it landed, kept beside
+    # An overshoot whose last evaluation is its best: the peak is read at the budget, not 10 nats past it.
+    jump = run_endpoints([0, 10, 60], [0.0, 0.2, 1.0], [0, 1, 2], d_grid=[], kl_budget=50)
+    assert jump["gold_peak"] == pytest.approx(0.2 + 0.8 * 40 / 50) and jump["gold_peak_kl"] == 50.0
+
+
+def test_the_peak_rule_quotes_a_peak_only_from_a_fit_that_holds_inside_the_data():
+    good = {"r2": 0.8, "alpha": 1.0, "beta": 0.5, "peak_d": math.e, "peak_kl": math.e**2}  # exp(1/0.5 − 1) = e
+    assert quoted_peak(good, (1.0, 5.0)) == (pytest.approx(math.e**2), "")
+    assert quoted_peak({**good, "r2": 0.159}, (1.0, 5.0))[0] is None
+    assert "does not fit (R² = 0.16" in quoted_peak({**good, "r2": 0.159}, (1.0, 5.0))[1]
+    assert "no peak" in quoted_peak({**good, "beta": -0.1, "peak_d": float("inf")}, (1.0, 5.0))[1]
+    assert "beyond the data" in quoted_peak(good, (1.0, 2.0))[1]
+    assert "before the first evaluation" in quoted_peak({**good, "peak_d": 0.77, "peak_kl": 0.6}, (1.5, 7.0))[1]
+
+
+def test_misfit_reasons_name_the_slow_start_and_the_cliffs_they_measure():
+    fit = {"alpha": 0.6, "beta": 0.2}
+    d = np.array([0.0, 1.0, 1.5, 3.0, 6.0])
+    slow = (d, gao_rl(d, 0.6, 0.2) - np.array([0, 0.3, 0.3, 0, 0]))  # 0.3 below the form at d = 1 and 1.5
+    reasons = misfit_reasons([slow, (np.array([0.0, 2.0, 6.0]), gao_rl(np.array([0.0, 2.0, 6.0]), 0.6, 0.2))], fit)
+    assert reasons[0].startswith("slow start") and "0.30 less" in reasons[0]  # d = 1 and 1.5, both 0.3 below
+    # KL 4 → 36 is a 32-nat jump in one interval (≥ 20); the slow curve's largest is 36 − 9 = 27, too
+    assert reasons[1] == "cliffs: 2 of 2 seeds jumped ≥ 20 nats of KL between two evaluations"
+    assert misfit_reasons([(np.array([0.0, 1.0, 2.0]), gao_rl(np.array([0.0, 1.0, 2.0]), 0.6, 0.2))], fit) == []
+
+
+def test_rl_fits_quote_no_peak_for_a_seed_whose_curve_keeps_rising():
+    d = np.linspace(0, 9, 19)  # the form's peak d* = exp(0.6/0.2 − 1) = 7.39 lies inside
+    fit = rl_fits({0: (d, gao_rl(d, 0.6, 0.2)), 1: (d, 0.3 * d)})  # seed 1: a straight line, no turnover
+    by_seed = {s["seed"]: s for s in fit["per_seed"]}
+    assert by_seed[0]["quoted_peak_kl"] == pytest.approx(math.exp(0.6 / 0.2 - 1) ** 2)
+    assert by_seed[1]["quoted_peak_kl"] is None and by_seed[1]["why_no_peak"]

@@ -76,7 +76,7 @@ def fake_study(seeds=(0, 1, 2, 3)):
                                       "proxy_1": held, "proxy_2": held}))  # fmt: skip
             runs.append({"run": run, "setting": setting, "seed": seed, "beta": beta, "adaptive": False,
                          "objective": "single", "condition": "clean", "algorithm": "ppo",
-                         "gold_peak": gold.max(), "gold_final": gold[-1]})  # fmt: skip
+                         "gold_peak": gold.max(), "gold_final": gold[-1], "gold_at_budget": gold[-1]})  # fmt: skip
     return pd.DataFrame(runs), pd.concat(hist, ignore_index=True)
 
 
@@ -86,7 +86,7 @@ def test_early_stopping_arms_beat_the_over_optimised_baseline_under_holm():
     arms = remedy_arms(runs, hist, None, patience=2, probe_every=1, probe_prompts=32)
     assert sorted(a["name"] for a in arms) == ["early_stop_gold", "early_stop_proxy"]
     family = remedies_family(arms, alpha=0.05)
-    primary = family[family["endpoint"] == "gold_final"].set_index("remedy")
+    primary = family[family["endpoint"] == "gold_at_budget"].set_index("remedy")
     # Both rules return the evaluation at gold ≈ 0.8 (index 3); the baseline ends at ≈ 0.2.
     assert primary.loc["early_stop_proxy", "mean"] == pytest.approx(0.8, abs=0.03)
     assert primary.loc["early_stop_gold", "diff"] == pytest.approx(0.6, abs=0.03)
@@ -94,7 +94,7 @@ def test_early_stopping_arms_beat_the_over_optimised_baseline_under_holm():
     # A rule reads the baseline's own runs: the test pairs each seed's stop with its own end.
     assert primary["paired"].all()
     gold_rule = next(a for a in arms if a["name"] == "early_stop_gold")
-    by_hand = (gold_rule["arm"].set_index("seed")["gold_final"] - gold_rule["base"].set_index("seed")["gold_final"])
+    by_hand = (gold_rule["arm"].set_index("seed")["gold_at_budget"] - gold_rule["base"].set_index("seed")["gold_at_budget"])
     assert primary.loc["early_stop_gold", "diff"] == pytest.approx(by_hand.mean())
     assert primary.loc["early_stop_gold", "p"] == pytest.approx(stats.ttest_1samp(by_hand, 0.0).pvalue)
     # Holm within the primary family: two tests, the smaller p doubled.
@@ -105,14 +105,32 @@ def test_early_stopping_arms_beat_the_over_optimised_baseline_under_holm():
     # Stopped 2 evaluations after the peak at index 3: 6 checks of 32 prompts.
     assert primary.loc["early_stop_gold", "gold_queries"] == 6 * 32
     metrics = remedies_metrics(family)
-    assert metrics["remedy.early_stop_gold.clean.gold_final.n"] == 4
-    assert metrics["remedy.early_stop_proxy.clean.gold_final_vs_baseline.robust"] is True
+    assert metrics["remedy.early_stop_gold.clean.gold_at_budget.n"] == 4
+    assert metrics["remedy.early_stop_proxy.clean.gold_at_budget_vs_baseline.robust"] is True
     assert "remedy.early_stop_gold.clean.gold_peak_vs_baseline.p_holm" in metrics
+
+
+def test_a_rule_that_returns_the_last_evaluation_returns_the_run_at_its_budget_and_one_never_stopping_early_is_not_tested():
+    runs, hist = fake_study()
+    # Held-out members that keep rising: the proxy rule never fires and returns the last evaluation,
+    # the one past the budget, which is the baseline's own run at its budget.
+    hist["proxy_1"] = hist["proxy_2"] = hist["step"] * 1.0
+    runs = runs.assign(gold_at_budget=runs["gold_final"] - 0.05)  # read at the crossing, below the overshoot
+    arms = {a["name"]: a for a in remedy_arms(runs, hist, None, patience=2, probe_every=1, probe_prompts=32)}
+    proxy_arm, base = arms["early_stop_proxy"]["arm"].set_index("seed"), arms["early_stop_proxy"]["base"].set_index("seed")
+    assert (proxy_arm["gold_at_budget"] == base["gold_at_budget"]).all()
+    assert (proxy_arm["gold_final"] == base["gold_final"]).all()  # the overshoot's gold, kept as it was
+    family = remedies_family(list(arms.values()), alpha=0.05)
+    row = family[(family["remedy"] == "early_stop_proxy") & (family["endpoint"] == "gold_at_budget")].iloc[0]
+    assert row["verdict"] == "identical to the baseline" and np.isnan(row["p"]) and np.isnan(row["p_holm"])
+    # The family it left holds the gold rule alone: Holm over one test leaves its p as it is.
+    gold = family[(family["remedy"] == "early_stop_gold") & (family["endpoint"] == "gold_at_budget")].iloc[0]
+    assert gold["p_holm"] == pytest.approx(gold["p"])
 
 
 def test_a_remedy_setting_is_compared_with_its_named_baseline_and_kept_out_of_the_early_stop_baselines():
     runs, hist = fake_study()
-    centred = runs[runs["setting"] == "beta0"].assign(setting="centered_beta0", gold_final=lambda f: f["gold_final"] + 0.3,
+    centred = runs[runs["setting"] == "beta0"].assign(setting="centered_beta0", gold_at_budget=lambda f: f["gold_at_budget"] + 0.3,
                                                      run=lambda f: "c" + f["run"])  # fmt: skip
     runs = pd.concat([centred, runs], ignore_index=True)  # first in order: it must not become the baseline
     arms = remedy_arms(runs, hist, {"centering": {"centered_beta0": "beta0"}}, 2, 1, 32)
@@ -120,7 +138,7 @@ def test_a_remedy_setting_is_compared_with_its_named_baseline_and_kept_out_of_th
     assert set(by_name) == {"early_stop_proxy", "early_stop_gold", "centering"}
     assert set(by_name["early_stop_gold"]["base"]["setting"]) == {"beta0"}
     family = remedies_family(arms, alpha=0.05)
-    row = family[(family["remedy"] == "centering") & (family["endpoint"] == "gold_final")].iloc[0]
+    row = family[(family["remedy"] == "centering") & (family["endpoint"] == "gold_at_budget")].iloc[0]
     assert row["diff"] == pytest.approx(0.3, abs=1e-9)
 
 
@@ -134,7 +152,7 @@ def test_d_grid_endpoints_are_secondary_rows_over_the_seeds_that_reach_each_dist
     arms = [a for a in remedy_arms(runs, hist, {"centering": {"centered_beta0": "beta0"}}, 2, 1, 32)
             if a["name"] == "centering"]  # fmt: skip
     family = remedies_family(arms, alpha=0.05, d_grid=[2, 3, 4]).set_index("endpoint")
-    assert list(family.index) == ["gold_final", "gold_peak", "gold_at_d2", "gold_at_d3"]  # no d = 4 anywhere
+    assert list(family.index) == ["gold_at_budget", "gold_peak", "gold_at_d2", "gold_at_d3"]  # no d = 4 anywhere
     assert family.loc["gold_at_d2", "diff"] == pytest.approx(0.75 - 0.6)
     assert family.loc["gold_at_d3", "n"] == 2
     assert family.loc["gold_at_d3", "diff"] == pytest.approx(0.6 - 0.3)
@@ -194,11 +212,11 @@ def test_warm_best_of_n_is_paired_over_prompts_and_holm_corrected_over_condition
 def test_a_setting_stopped_online_is_measured_by_the_policy_it_returns():
     runs, hist = fake_study()
     online = runs[runs["setting"] == "beta0"].assign(setting="stopped", run=lambda f: "s" + f["run"],
-                                                     gold_final=0.3, gold_returned=[0.7, 0.8, 0.75, 0.85])  # fmt: skip
+                                                     gold_at_budget=0.3, gold_returned=[0.7, 0.8, 0.75, 0.85])  # fmt: skip
     arms = remedy_arms(pd.concat([runs, online], ignore_index=True), hist, {"early_stop_online": {"stopped": "beta0"}},
                        2, 1, 32, rules=())  # fmt: skip
     assert [a["name"] for a in arms] == ["early_stop_online"]
-    row = remedies_family(arms, alpha=0.05).set_index("endpoint").loc["gold_final"]
+    row = remedies_family(arms, alpha=0.05).set_index("endpoint").loc["gold_at_budget"]
     assert row["mean"] == pytest.approx(0.775)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rlhf_lab.analysis.fits import fit_gao_over_seeds, gao_rl, value_at_kl
+from rlhf_lab.analysis.proportions import wilson_interval
 from rlhf_lab.analysis.stats import (
     bootstrap_mean_interval,
     group_bootstrap,
@@ -128,3 +129,19 @@ def test_kl_summaries_over_seeds_stay_inside_the_support():
     kl = seed_summary({0: {"kl_final": 10.0}, 1: {"kl_final": 200.0}, 2: {"kl_final": 15.0}})["kl_final"]
     assert kl["mean"] == 75.0 and 10.0 <= kl["ci_low"] <= kl["ci_high"] <= 200.0
     assert t_interval([10.0, 200.0, 15.0]).ci_low < 0
+
+
+def test_wilson_interval_matches_the_score_formula_and_stays_inside_zero_one():
+    z = 1.959963984540054
+
+    def by_hand(k, n):  # Wilson (1927): (p̂ + z²/2n ± z √(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n)
+        p = k / n
+        centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+    five = wilson_interval(5, 5)
+    assert (five.ci_low, five.ci_high) == (pytest.approx(0.5655, abs=1e-4), pytest.approx(1.0))
+    for k, n in ((5, 5), (15, 20), (0, 10), (3, 5)):
+        iv = wilson_interval(k, n)
+        assert (iv.ci_low, iv.ci_high) == pytest.approx(by_hand(k, n))
+    assert str(wilson_interval(15, 20)) == "15 of 20 [95 % CI 53–89 %]"

@@ -21,21 +21,54 @@ OBJECTIVE_NAMES = {"single": "single RM", "mean": "ensemble mean", "wco": "worst
                    "warm": "WARM (weight average)"}
 
 
-def seed_band(hist: pd.DataFrame, y: str, x: str = "d", interval=t_interval) -> pd.DataFrame:
+# A 95 % t band from two seeds spans t_.975,1 = 12.7 standard errors: a triangle that sets the axis
+# and says nothing. Bands are drawn from this many seeds on; a mean line from two.
+MIN_BAND_SEEDS = 3
+
+
+def band_rule(frame: pd.DataFrame, min_seeds: int = MIN_BAND_SEEDS, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+    """A band frame (columns low, high, n) as drawn: low/high blanked (NaN) where fewer than ``min_seeds``
+    seeds stand behind the mean, and clipped to ``bounds`` (e.g. (−1, 1) for a correlation)."""
+    out = frame.copy()
+    thin = out["n"] < min_seeds
+    out.loc[thin, ["low", "high"]] = np.nan
+    if bounds is not None:
+        out[["low", "high"]] = out[["low", "high"]].clip(*bounds)
+    return out
+
+
+def y_limits(frame: pd.DataFrame, y: str, pad: float = 0.08) -> tuple[float, float] | None:
+    """Axis limits that hold every mean line and its drawn band (NaN-free), padded: thin seeds and
+    undrawn bands do not set the axis."""
+    values = pd.concat([frame[y], frame["low"], frame["high"]]).to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    low, high = float(values.min()), float(values.max())
+    span = (high - low) or max(abs(high), 1.0)
+    return low - pad * span, high + pad * span
+
+
+def seed_band(hist: pd.DataFrame, y: str, x: str = "step", interval=t_interval) -> pd.DataFrame:
     """Per setting and shared evaluation step: mean x, and mean y with its 95 % interval over seeds
     (Student t; pass :func:`rlhf_lab.analysis.stats.bootstrap_mean_interval` for a quantity that cannot be
-    negative, such as KL, whose t band would reach below 0)."""
+    negative, such as KL, whose t band would reach below 0); kept where at least two seeds share the step,
+    the band per :func:`band_rule`. For curves over training (x = step); curves over distance use
+    :func:`d_band`."""
     rows = []
     for (setting, step), group in hist.groupby(["setting", "step"], sort=True):
         band = interval(group[y])
-        rows.append({"setting": setting, "step": step, x: group[x].mean(), y: band.mean, "low": band.ci_low,
-                     "high": band.ci_high, "n": band.n})  # fmt: skip
-    return pd.DataFrame(rows)
+        if band.n >= 2:
+            rows.append({"setting": setting, "step": step, x: group[x].mean(), y: band.mean, "low": band.ci_low,
+                         "high": band.ci_high, "n": band.n})  # fmt: skip
+    columns = list(dict.fromkeys(["setting", "step", x, y, "low", "high", "n"]))  # x may be the step itself
+    return band_rule(pd.DataFrame(rows, columns=columns))
 
 
-def d_band(hist: pd.DataFrame, y: str, grid) -> tuple[pd.DataFrame, pd.DataFrame]:
+def d_band(hist: pd.DataFrame, y: str, grid, bounds: tuple[float, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per setting, each seed's ``y`` interpolated where it first reaches each d of ``grid`` (d = √KL),
-    then the mean and 95 % t band over the seeds that reach it, kept where at least two do.
+    then the mean over the seeds that reach it (kept where at least two do) and its 95 % t band
+    (per :func:`band_rule`: from three seeds on, clipped to ``bounds``).
 
     Returns (band: setting, d, y, low, high, n; seeds: setting, seed, d, y). Averaging on d rather than
     on shared steps keeps seeds that travel at different speeds from mixing distances in one point."""
@@ -49,7 +82,8 @@ def d_band(hist: pd.DataFrame, y: str, grid) -> tuple[pd.DataFrame, pd.DataFrame
             band = t_interval([values[i] for values in curves.values()])
             if band.n >= 2:
                 bands.append({"setting": setting, "d": d, y: band.mean, "low": band.ci_low, "high": band.ci_high, "n": band.n})
-    return pd.DataFrame(bands), pd.DataFrame(seeds)
+    frame = pd.DataFrame(bands, columns=["setting", "d", y, "low", "high", "n"])
+    return band_rule(frame, bounds=bounds), pd.DataFrame(seeds, columns=["setting", "seed", "d", y])
 
 
 def matched_kl(runs: pd.DataFrame, requested: float | None) -> float:

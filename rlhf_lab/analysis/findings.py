@@ -24,6 +24,8 @@ import pandas as pd
 
 from rlhf_lab.analysis.comparisons import fmt_interval
 from rlhf_lab.analysis.fits import fit_gao, rl_fits, run_endpoints
+from rlhf_lab.analysis.labels import OBJECTIVE_SHORT
+from rlhf_lab.analysis.proportions import wilson_interval
 from rlhf_lab.analysis.stats import (
     bootstrap_mean_interval,
     holm,
@@ -39,14 +41,19 @@ from rlhf_lab.analysis.stats import (
 
 OBJECTIVES = ("mean", "wco", "uwo")  # the ensemble objectives, each against the single RM
 POWER = 0.8
+PERMUTATIONS = 9999  # best-of-n's paired permutation test: its p cannot fall below 1 / (9999 + 1)
+P_FLOOR = 1 / (PERMUTATIONS + 1)
 
 
 def add_endpoints(runs: pd.DataFrame, hist: pd.DataFrame, d_grid, min_drop: float) -> pd.DataFrame:
-    """``runs`` with each run's declared endpoints, computed from its evaluation history."""
+    """``runs`` with each run's declared endpoints, computed from its evaluation history and read at its
+    own KL budget (column ``kl_budget``; none: at its last evaluation)."""
     rows = []
-    for run in runs["run"]:
+    budgets = runs["kl_budget"] if "kl_budget" in runs else pd.Series(np.nan, index=runs.index)
+    for run, budget in zip(runs["run"], budgets):
         h = hist[hist["run"] == run].sort_values("step")
-        rows.append(run_endpoints(h["kl"], h["gold"], h["proxy"], d_grid, min_drop))
+        budget = float(budget) if budget is not None and np.isfinite(budget) else None
+        rows.append(run_endpoints(h["kl"], h["gold"], h["proxy"], d_grid, min_drop, kl_budget=budget))
     ends = pd.DataFrame(rows, index=runs.index)
     return runs.drop(columns=[c for c in ends if c in runs]).join(ends)
 
@@ -77,7 +84,8 @@ def seed_comparisons(runs: pd.DataFrame, first: str) -> list[dict]:
     for beta, group in fixed[fixed["beta"] > 0].groupby("beta"):
         if not base.empty:
             out.append({"key": f"beta.{beta:g}", "question": "beta", "condition": first, "beta": float(beta),
-                        "endpoint": "gold_final", "a": by_seed(group, "gold_final"), "b": by_seed(base, "gold_final")})  # fmt: skip
+                        "endpoint": "gold_at_budget", "a": by_seed(group, "gold_at_budget"),
+                        "b": by_seed(base, "gold_at_budget")})  # fmt: skip
     return out
 
 
@@ -97,7 +105,8 @@ def bon_comparisons(bon_prompts: pd.DataFrame | None, objectives=OBJECTIVES) -> 
             out.append({"key": f"bon.{condition}.{objective}", "question": "bon", "condition": condition,
                         "objective": objective, "endpoint": f"gold at n = {int(group['n'].iloc[0])}",
                         "diff": ci.mean, "ci_low": ci.ci_low, "ci_high": ci.ci_high,
-                        "p": permutation_p(mine.to_numpy(), single.reindex(mine.index).to_numpy(), paired=True),
+                        "p": permutation_p(mine.to_numpy(), single.reindex(mine.index).to_numpy(), paired=True,
+                                           n_resamples=PERMUTATIONS),
                         "n_a": len(diffs), "n_b": len(diffs), "sd": float(np.std(diffs, ddof=1))})  # fmt: skip
     return out
 
@@ -118,6 +127,8 @@ def primary_family(runs: pd.DataFrame, bon_prompts: pd.DataFrame | None, first: 
         return family
     m = int(np.isfinite(family["p"]).sum())
     family["p_holm"] = holm(family["p"])
+    # A permutation p at its floor is a bound (≤), and so is the Holm p built on it.
+    family["p_at_floor"] = [bool(q == "bon" and p <= P_FLOOR * (1 + 1e-9)) for q, p in zip(family["question"], family["p"])]
     family["verdict"] = [verdict(d, q, alpha) for d, q in zip(family["diff"], family["p_holm"])]
     robust = leave_one_seed_out({c["key"]: (c["a"], c["b"]) for c in over_seeds},
                                 fixed={c["key"]: (c["diff"], c["p"]) for c in over_prompts}, alpha=alpha)  # fmt: skip
@@ -156,38 +167,73 @@ def overoptimisation_fits(hist: pd.DataFrame, bon: pd.DataFrame, first: str) -> 
 
 def overoptimisation_counts(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting: how many of its seeds over-optimised (gold fell from its peak while proxy rose)."""
-    return (runs.groupby(["setting", "condition", "objective", "beta"], sort=False)["overoptimised"]
-            .agg(seeds_overoptimised="sum", seeds="count").reset_index())  # fmt: skip
+    counts = (runs.groupby(["setting", "condition", "objective", "beta"], sort=False)["overoptimised"]
+              .agg(seeds_overoptimised="sum", seeds="count").reset_index())  # fmt: skip
+    counts["rate [95 % Wilson CI]"] = [str(wilson_interval(int(k), int(n)))
+                                       for k, n in zip(counts["seeds_overoptimised"], counts["seeds"])]  # fmt: skip
+    return counts
 
 
-def fmt_p(p: float) -> str:
-    return "—" if not np.isfinite(p) else (f"{p:.4f}" if p >= 1e-4 else "< 0.0001")
+def fmt_p(p: float, at_floor: bool = False) -> str:
+    """A p-value to four decimals; one at its permutation floor as a bound (≤)."""
+    if not np.isfinite(p):
+        return "—"
+    return f"≤ {p:.4f}" if at_floor else (f"{p:.4f}" if p >= 1e-4 else "< 0.0001")
+
+
+QUESTION_ENDPOINTS = {"ensemble": "gold peak", "beta": "gold at the KL budget", "bon": "gold at the largest n"}
+
+
+def comparison_name(row: pd.Series) -> str:
+    """A primary comparison in words: "β = 0.01 vs β = 0", "noisy: UWO vs single RM (best-of-n)"."""
+    if row["question"] == "beta":
+        return f"β = {row['beta']:g} vs β = 0"
+    objective = OBJECTIVE_SHORT[row["objective"]]
+    return f"{row['condition']}: {objective} vs single RM" + (" (best-of-n)" if row["question"] == "bon" else "")
+
+
+def fmt_difference(row: pd.Series) -> str:
+    return f"{row['diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
 
 
 def finding(row: pd.Series, alpha: float) -> str:
-    """One line of the findings: the estimate [CI], n, Holm p, the verdict in words and its robustness."""
-    names = {"mean": "ensemble mean", "wco": "worst-case", "uwo": "uncertainty-weighted"}
-    if row["question"] == "ensemble":
-        what = f"{row['condition']}: does the {names[row['objective']]} objective reach more gold (peak) than the single RM?"
-    elif row["question"] == "beta":
-        what = f"does β = {row['beta']:g} end with more gold than β = 0?"
-    else:
-        what = f"{row['condition']}: does best-of-n by the {names[row['objective']]} objective pick more gold than by the single RM ({row['endpoint']})?"
-    answer = {"higher": "<b>yes</b>", "lower": "<b>no — it is worse</b> (a supported harm)",
-              "not supported": "not supported"}[row["verdict"]]  # fmt: skip
-    n = f"n = {row['n_a']} vs {row['n_b']} seeds" if row["question"] != "bon" else f"{row['n_a']} prompts, paired"
-    robust = "" if row["question"] == "bon" else (", robust to leaving any one seed out" if row["robust"]
-                                                  else ", <b>not robust</b>: one seed decides it")
-    return (f"{what} {answer}: {row['diff']:+.3f} [95 % CI {row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {n}, "
-            f"p = {fmt_p(row['p'])}, Holm p = {fmt_p(row['p_holm'])}{robust}; detectable at 80 % power: "
-            f"±{row['mde']:.3f}.")  # fmt: skip
+    """One primary comparison in a sentence: the effect's size and interval first, then n, Holm p,
+    robustness and the smallest difference the design detects."""
+    at_floor = bool(row.get("p_at_floor", False))
+    outcome = {"higher": "supported gain", "lower": "supported harm", "not supported": "not supported"}[row["verdict"]]
+    n = f"{row['n_a']} vs {row['n_b']} seeds" if row["question"] != "bon" else f"{row['n_a']} prompts, paired"
+    robust = "" if row["question"] == "bon" else ("; robust to leaving any one seed out" if row["robust"]
+                                                  else "; <b>not robust</b>: one seed decides it")  # fmt: skip
+    return (f"{comparison_name(row)} ({QUESTION_ENDPOINTS[row['question']]}): {outcome}, {fmt_difference(row)} "
+            f"({n}; Holm p {fmt_p(row['p_holm'], at_floor)}{robust}; detectable: ±{row['mde']:.3f})")  # fmt: skip
+
+
+def family_table(family: pd.DataFrame) -> pd.DataFrame:
+    """Every primary comparison, one row each: what, endpoint, difference [95 % CI], n, p, Holm p,
+    verdict, robust, the smallest difference detectable and the seeds a difference of this size needs."""
+    rows = []
+    for _, row in family.iterrows():
+        at_floor = bool(row.get("p_at_floor", False))
+        over_seeds = row["question"] != "bon"
+        rows.append({"comparison": comparison_name(row), "endpoint": QUESTION_ENDPOINTS[row["question"]],
+                     "difference [95 % CI]": fmt_difference(row),
+                     "n": f"{row['n_a']} vs {row['n_b']} seeds" if over_seeds else f"{row['n_a']} prompts",
+                     "p": fmt_p(row["p"], at_floor), "Holm p": fmt_p(row["p_holm"], at_floor), "verdict": row["verdict"],
+                     "robust (leave one seed out)": ("yes" if row["robust"] else "no") if over_seeds else "— (over prompts)",
+                     "detectable (80 % power)": f"±{row['mde']:.3f}",
+                     "seeds needed": (str(int(row["seeds_needed"])) if pd.notna(row["seeds_needed"]) else "> 100")
+                     if over_seeds else "— (over prompts)"})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def family_metrics(family: pd.DataFrame) -> dict:
-    """metrics.json keys of the primary family: ``<key>_vs_…`` differences and ``power.<key>.*``."""
+    """metrics.json keys of the primary family: ``<key>_vs_…`` differences and ``power.<key>.*``;
+    ``primary.supported`` counts the supported verdicts, ``primary.supported_robust`` those of them that
+    survive leaving any one seed out (what the page counts), ``primary.verdicts_robust`` every verdict,
+    supported or not, that does."""
     metrics = {}
     for _, row in family.iterrows():
-        name = {"ensemble": f"{row['key']}.gold_peak_vs_single", "beta": f"{row['key']}.gold_final_vs_beta0",
+        name = {"ensemble": f"{row['key']}.gold_peak_vs_single", "beta": f"{row['key']}.gold_at_budget_vs_beta0",
                 "bon": f"{row['key']}.gold_max_n_vs_single"}[row["question"]]  # fmt: skip
         metrics.update({f"{name}.{k}": row[k] for k in ("diff", "ci_low", "ci_high", "p", "p_holm")})
         metrics[f"{name}.robust"] = bool(row["robust"])
@@ -195,15 +241,23 @@ def family_metrics(family: pd.DataFrame) -> dict:
         metrics[f"power.{row['key']}.mde"] = row["mde"]
         metrics[f"power.{row['key']}.seeds_needed"] = row["seeds_needed"]
     if not family.empty:
+        supported = family["verdict"] != "not supported"
         metrics["primary.family_size"] = int(family["family_size"].iloc[0])
-        metrics["primary.supported"] = int((family["verdict"] != "not supported").sum())
-        metrics["primary.robust"] = int(family["robust"].sum())
+        metrics["primary.supported"] = int(supported.sum())
+        metrics["primary.supported_robust"] = int((supported & family["robust"].astype(bool)).sum())
+        metrics["primary.verdicts_robust"] = int(family["robust"].astype(bool).sum())
     return metrics
 
 
 def fmt_iv(values) -> str:
-    """Seeds' values as mean [95 % t interval]."""
-    return fmt_interval(t_interval(values))
+    """Seeds' values as mean [95 % t interval]; where some seeds never reached the distance, how many
+    did; none: "not reached"."""
+    values = np.asarray(values, dtype=np.float64)
+    reached = int(np.isfinite(values).sum())
+    if not reached:
+        return f"not reached (0 of {len(values)})"
+    text = fmt_interval(t_interval(values))
+    return text if reached == len(values) else f"{text} ({reached} of {len(values)} reached)"
 
 
 def ensemble_table(runs: pd.DataFrame, family: pd.DataFrame, d_grid) -> pd.DataFrame:
@@ -214,38 +268,43 @@ def ensemble_table(runs: pd.DataFrame, family: pd.DataFrame, d_grid) -> pd.DataF
     zero = zero_beta(runs)
     for (condition, objective), group in zero.groupby(["condition", "objective"], sort=False):
         single = zero[(zero["condition"] == condition) & (zero["objective"] == "single")]
-        row = {"condition": condition, "objective": objective, "n": len(group),
-               "over-optimised": f"{int(group['overoptimised'].sum())} of {len(group)}",
+        row = {"condition": condition, "objective": OBJECTIVE_SHORT[objective] or "single RM", "n": len(group),
+               "over-optimised": str(wilson_interval(int(group["overoptimised"].sum()), len(group))),
                "gold peak [95 % CI]": fmt_iv(group["gold_peak"])}  # fmt: skip
         key = f"ensemble.{condition}.{objective}"
         if key in tests.index:
             t = tests.loc[key]
-            row.update({"vs single [95 % CI]": f"{t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]",
-                        "p": fmt_p(t["p"]), "Holm p": fmt_p(t["p_holm"]), "verdict": t["verdict"],
-                        "robust": "yes" if t["robust"] else "no", "MDE (80 %)": round(float(t["mde"]), 3),
-                        "seeds needed": t["seeds_needed"] if t["seeds_needed"] is not None else "—"})  # fmt: skip
+            row.update({"vs single [95 % CI]": fmt_difference(t), "Holm p": fmt_p(t["p_holm"]), "verdict": t["verdict"],
+                        "robust": "yes" if t["robust"] else "no", "detectable (80 %)": f"±{float(t['mde']):.3f}",
+                        "seeds needed": str(int(t["seeds_needed"])) if pd.notna(t["seeds_needed"]) else "> 100"})  # fmt: skip
+        else:
+            row.update({"vs single [95 % CI]": "— (the baseline)", "Holm p": "—", "verdict": "—", "robust": "—",
+                        "detectable (80 %)": "—", "seeds needed": "—"})  # fmt: skip
         for d in d_grid:
             column = f"gold_at_d{d:g}"
             row[f"gold at d={d:g}"] = fmt_iv(group[column])
             if objective != "single" and not single.empty:
                 diff = welch_difference(group[column], single[column])
                 row[f"Δ at d={d:g} (no verdict)"] = (f"{diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]"
-                                                     if np.isfinite(diff.ci_low) else "—")  # fmt: skip
+                                                     if np.isfinite(diff.ci_low) else "— (under 2 seeds reached it)")
+            else:
+                row[f"Δ at d={d:g} (no verdict)"] = "— (the baseline)"
         row["gold drop"] = fmt_iv(group["gold_drop"])
         row["KL at peak"] = fmt_iv(group["gold_peak_kl"])
         rows.append(row)
-    return pd.DataFrame(rows).fillna("")
+    return pd.DataFrame(rows)
 
 
 def seed_fit_table(rl: dict[str, dict]) -> pd.DataFrame:
-    """Each β = 0 single-RM seed's own RL fit; a peak beyond the distance the seed reached is said so,
-    not extrapolated."""
+    """Each β = 0 single-RM seed's own RL fit (Gao's α_G, β_G: the form's coefficients, not the KL
+    coefficient); its peak only where the fit clears the peak rule (:func:`rlhf_lab.analysis.fits.quoted_peak`),
+    else why not."""
     rows = []
     for condition, fit in rl.items():
         for own in fit["per_seed"]:
-            peak = (f"{own['peak_kl']:.1f}" if own["peak_in_range"]
-                    else f"beyond the data (KL > {own['max_kl']:.1f} observed)")  # fmt: skip
-            rows.append({"condition": condition, "seed": own["seed"], "alpha": own["alpha"], "beta": own["beta"], "R²": own["r2"],
+            peak = f"{own['quoted_peak_kl']:.1f}" if own["quoted_peak_kl"] is not None else f"none quoted: {own['why_no_peak']}"
+            rows.append({"condition": condition, "seed": own["seed"], "α_G": round(own["alpha"], 3),
+                         "β_G": round(own["beta"], 3), "R²": round(own["r2"], 3), "KL reached": round(own["max_kl"], 1),
                          "peak KL (nats)": peak})  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -70,8 +70,8 @@ def fit_gao(d: np.ndarray, gain: np.ndarray, form: str) -> dict:
     residual = gain - fn(d, alpha, beta)
     total = np.sum((gain - gain.mean()) ** 2)
     r2 = 1 - np.sum(residual**2) / total if total > 0 else float("nan")
-    if beta > 0:
-        peak_d = alpha / (2 * beta) if form == "bon" else math.exp(alpha / beta - 1)
+    if beta > 0:  # a near-zero β_G puts the RL peak past any float: no turnover in reach
+        peak_d = alpha / (2 * beta) if form == "bon" else (math.exp(alpha / beta - 1) if alpha / beta < 700 else math.inf)
     else:
         peak_d = float("inf")  # no turnover within the form: gold keeps rising
     peak_gain = float(fn(np.array([peak_d]), alpha, beta)[0]) if math.isfinite(peak_d) else float("inf")
@@ -81,6 +81,55 @@ def fit_gao(d: np.ndarray, gain: np.ndarray, form: str) -> dict:
         "r2": float(r2), "peak_d": float(peak_d), "peak_kl": float(peak_d**2), "peak_gain": peak_gain,
         "points": int(len(d)),
     }  # fmt: skip
+
+
+# A fit's peak is quoted only when the form explains the curve this well (issue 34): below it the
+# form's peak is a property of the least-squares line, not of the runs.
+MIN_FIT_R2 = 0.5
+
+
+def quoted_peak(fit: dict, d_range: tuple[float, float], min_r2: float = MIN_FIT_R2) -> tuple[float | None, str]:
+    """(the fitted peak's KL, or None; why not, in words). A peak is quoted only when the fit explains
+    the data (R² ≥ ``min_r2``), its curve turns over (β_G > 0) and the peak lies inside the measured
+    distances ``d_range`` = (first evaluated d > 0, last d reached)."""
+    r2, low, high = fit.get("r2", float("nan")), *d_range
+    if not np.isfinite(r2) or r2 < min_r2:
+        return None, f"the form does not fit (R² = {r2:.2f} < {min_r2:g})"
+    if fit["beta"] <= 0 or not math.isfinite(fit["peak_d"]):
+        return None, "the fitted curve has no peak (β_G ≤ 0: gold keeps rising within the form)"
+    if fit["peak_d"] > high:
+        return None, f"the fitted peak (KL {fit['peak_kl']:.1f}) lies beyond the data (KL ≤ {high**2:.1f} measured)"
+    if fit["peak_d"] < low:
+        return None, f"the fitted peak (KL {fit['peak_kl']:.2f}) lies before the first evaluation (KL {low**2:.1f})"
+    return fit["peak_kl"], ""
+
+
+def misfit_reasons(curves: list[tuple[np.ndarray, np.ndarray]], fit: dict, form: str = "rl",
+                   slow_start_d: float = 2.0, cliff_kl: float = 20.0) -> list[str]:  # fmt: skip
+    """Why Gao's form may miss these (d, gain) curves, as measured: a slow start (below
+    ``slow_start_d`` the curves gain less than the form says, on average) and cliffs (a seed whose KL
+    grew by ``cliff_kl`` nats or more between two evaluations: the form has no jump)."""
+    reasons = []
+    d = np.concatenate([np.asarray(c[0], dtype=np.float64) for c in curves])
+    gain = np.concatenate([np.asarray(c[1], dtype=np.float64) for c in curves])
+    early = (d > 0) & (d < slow_start_d) & np.isfinite(gain)
+    if early.any():
+        residual = float(np.mean(gain[early] - FORMS[form](d[early], fit["alpha"], fit["beta"])))
+        if residual < 0:
+            reasons.append(f"slow start: below d = {slow_start_d:g} the runs gain {-residual:.2f} less than the form, "
+                           "on average")  # fmt: skip
+    cliffs = sum(bool(np.any(np.diff(np.asarray(c[0], dtype=np.float64) ** 2) >= cliff_kl)) for c in curves)
+    if cliffs:
+        reasons.append(f"cliffs: {cliffs} of {len(curves)} seeds jumped ≥ {cliff_kl:g} nats of KL between two "
+                       "evaluations")  # fmt: skip
+    return reasons
+
+
+def measured_range(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """(the smallest positive d evaluated, the largest d reached) over (d, value) curves."""
+    d = np.concatenate([np.asarray(c[0], dtype=np.float64) for c in curves])
+    positive = d[np.isfinite(d) & (d > 0)]
+    return (float(positive.min()), float(positive.max())) if len(positive) else (0.0, 0.0)
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -135,19 +184,55 @@ def values_on_d_grid(kl: np.ndarray, value: np.ndarray, d_grid) -> np.ndarray:
     return np.array([value_at_kl(kl, value, d * d) for d in d_grid])
 
 
-def run_endpoints(kl, gold, proxy, d_grid, min_drop: float = 0.2) -> dict:
-    """The declared endpoints of one run's evaluation curve (evaluation order, KL in nats):
+def budget_crossing(kl, value, budget: float | None) -> tuple[float, float, bool]:
+    """(value, KL, reached) where a run's budget ends it: where its curve first reaches KL = ``budget``,
+    linearly interpolated between the two evaluations around the crossing; a run that never reaches it
+    (stopped by the iteration cap) ends at its last evaluation, at the KL it reached, ``reached`` false
+    (a censored endpoint). With no budget, every run ends at its last evaluation.
 
-    gold peak and the KL there, final gold (at the run's budget) and gold drop (peak − final), gold
-    at each distance of ``d_grid`` (``gold_at_d<d>``), and whether the run over-optimised: gold
-    fell at least ``min_drop`` from its peak while the proxy it was trained on ended above its value
-    at that peak.
+    A run stops at its first evaluation at or past the budget, and between two evaluations the policy
+    can travel tens of nats: read there, runs would be compared at uneven distances."""
+    kl, value = np.asarray(kl, dtype=np.float64), np.asarray(value, dtype=np.float64)
+    if budget is not None and np.nanmax(kl) >= budget:
+        return value_at_kl(kl, value, budget), float(budget), True
+    return float(value[-1]), float(kl[-1]), budget is None
+
+
+def curve_to_budget(kl, *values, budget: float | None):
+    """The evaluations before the first that reaches the budget, then the point at the budget itself
+    (interpolated): (kl, *values) of the run as its budget ends it. Unchanged without a budget or when
+    the run never reaches it."""
+    kl = np.asarray(kl, dtype=np.float64)
+    values = [np.asarray(v, dtype=np.float64) for v in values]
+    if budget is None or not np.any(kl >= budget):
+        return (kl, *values)
+    first = int(np.nonzero(kl >= budget)[0][0])
+    ends = [budget_crossing(kl, v, budget)[0] for v in values]
+    return (np.append(kl[:first], float(budget) if first else kl[0]),
+            *[np.append(v[:first], end) for v, end in zip(values, ends)])  # fmt: skip
+
+
+def run_endpoints(kl, gold, proxy, d_grid, min_drop: float = 0.2, kl_budget: float | None = None) -> dict:
+    """The declared endpoints of one run's evaluation curve (evaluation order, KL in nats), read on the
+    curve up to its KL budget (:func:`curve_to_budget`), so that every run is read at one distance:
+
+    gold at the budget (``gold_at_budget``: interpolated where the run crosses it; for a run the
+    iteration cap stopped short of it, its last gold, with ``budget_reached`` false and
+    ``kl_at_budget`` the KL it reached), gold peak and the KL there, gold drop (peak − gold at the
+    budget), gold at each distance of ``d_grid`` (``gold_at_d<d>``), and whether the run
+    over-optimised: gold fell at least ``min_drop`` from its peak while the proxy it was trained on
+    ended above its value at that peak. ``gold_final`` and ``kl_final`` stay the last evaluation's,
+    wherever it landed.
     """
     kl, gold, proxy = (np.asarray(x, dtype=np.float64) for x in (kl, gold, proxy))
-    peak = int(np.nanargmax(gold))
-    out = {"gold_peak": float(gold[peak]), "gold_peak_kl": float(kl[peak]), "gold_final": float(gold[-1]),
-           "gold_drop": float(gold[peak] - gold[-1]), "kl_final": float(kl[-1])}  # fmt: skip
-    out["overoptimised"] = bool(out["gold_drop"] >= min_drop and proxy[-1] > proxy[peak])
+    out = {"gold_final": float(gold[-1]), "kl_final": float(kl[-1])}
+    at_budget, kl_end, reached = budget_crossing(kl, gold, kl_budget)
+    kl_cut, gold_cut, proxy_cut = curve_to_budget(kl, gold, proxy, budget=kl_budget)
+    peak = int(np.nanargmax(gold_cut))
+    out.update({"gold_at_budget": at_budget, "kl_at_budget": kl_end, "budget_reached": reached,
+                "gold_peak": float(gold_cut[peak]), "gold_peak_kl": float(kl_cut[peak]),
+                "gold_drop": float(gold_cut[peak] - at_budget), "proxy_at_budget": float(proxy_cut[-1])})  # fmt: skip
+    out["overoptimised"] = bool(out["gold_drop"] >= min_drop and proxy_cut[-1] > proxy_cut[peak])
     for d, g in zip(d_grid, values_on_d_grid(kl, gold, d_grid)):
         out[f"gold_at_d{d:g}"] = float(g)
     return out
@@ -175,8 +260,12 @@ def rl_fits(runs: dict[int, tuple[np.ndarray, np.ndarray]], seed: int = 0) -> di
     fit = fit_gao_over_seeds(curves, "rl", seed=seed)
     grid, mean, _ = mean_curve(curves)
     fit["mean_curve"] = fit_gao(grid, mean, "rl") if len(grid) >= 3 else None
-    for own, run_seed, (d, _) in zip(fit["per_seed"], runs, curves):
+    for own, run_seed, curve in zip(fit["per_seed"], runs, curves):
         own["seed"] = int(run_seed)
-        own["max_kl"] = float(np.nanmax(d) ** 2)
-        own["peak_in_range"] = bool(math.isfinite(own["peak_d"]) and own["peak_d"] <= np.nanmax(d))
+        own["max_kl"] = float(np.nanmax(curve[0]) ** 2)
+        own["peak_in_range"] = bool(math.isfinite(own["peak_d"]) and own["peak_d"] <= np.nanmax(curve[0]))
+        own["quoted_peak_kl"], own["why_no_peak"] = quoted_peak(own, measured_range([curve]))
+    fit["d_range"] = measured_range(curves)
+    fit["quoted_peak_kl"], fit["why_no_peak"] = quoted_peak(fit, fit["d_range"])
+    fit["misfit"] = misfit_reasons(curves, fit) if fit["quoted_peak_kl"] is None else []
     return fit

@@ -9,7 +9,8 @@ Two kinds of remedy arm:
   condition with centering or label smoothing, the adaptive KL controller, or a rule run online
   (``ppo.early_stop``), whose final gold is that of the policy it returns.
 
-The primary endpoint of a remedy is the gold of the policy it leaves you with (``gold_final``):
+The primary endpoint of a remedy is the gold of the policy it leaves you with at the KL budget
+(``gold_at_budget``: a run that goes to its budget is read where it crosses it, as every run is):
 a test over seeds against the baseline, Holm over the remedies' family, leave-one-seed-out robustness
 and the power the seeds buy. Gold peak and gold at each distance of the d grid are secondary, each
 Holm-corrected within its own family; an early-stopping arm has no d-grid endpoints (its curve is the
@@ -19,6 +20,8 @@ spread); a setting of its own is a different set of runs: Welch.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -39,7 +42,7 @@ from rlhf_lab.analysis.stats import (
     welch_difference,
 )
 
-ENDPOINTS = ("gold_final", "gold_peak")  # the first is the remedies' primary endpoint
+ENDPOINTS = ("gold_at_budget", "gold_peak")  # the first is the remedies' primary endpoint
 POWER = 0.8
 
 
@@ -65,12 +68,22 @@ def early_stop_arms(base: pd.DataFrame, hist: pd.DataFrame, patience: int, probe
                          key=lambda c: int(c[6:]))  # fmt: skip
         if "proxy" in rules and len(members) > 1:  # the single RM trains on member 0; the rest are held out
             stop = patience_stop(held_out_members(h[members].to_numpy(), [0]), patience)
-            proxy_rows.append({"seed": run["seed"], **stop_endpoints(h["gold"], h["kl"], stop)})
+            proxy_rows.append({"seed": run["seed"], **at_budget(stop_endpoints(h["gold"], h["kl"], stop), stop, run, len(h))})
         if "gold" in rules and "gold_probe" in h and h["gold_probe"].notna().all():
             stop = patience_stop(h["gold_probe"].to_numpy(), patience, check_every=probe_every)
-            gold_rows.append({"seed": run["seed"], **stop_endpoints(h["gold"], h["kl"], stop, probe_prompts)})
+            gold_rows.append({"seed": run["seed"], **at_budget(stop_endpoints(h["gold"], h["kl"], stop, probe_prompts),
+                                                               stop, run, len(h))})  # fmt: skip
     return {name: pd.DataFrame(rows) for name, rows in
             (("early_stop_proxy", proxy_rows), ("early_stop_gold", gold_rows)) if rows}  # fmt: skip
+
+
+def at_budget(ends: dict, stop, run: pd.Series, evaluations: int) -> dict:
+    """A stop's endpoints on the baseline's scale: a rule that returns the run's last evaluation (the one
+    past the KL budget) returns the run as its budget ends it, so its gold is the baseline's own gold at
+    the budget (and its peak the baseline's), not the overshoot's; any earlier evaluation is itself."""
+    last = evaluations - 1
+    return {**ends, "gold_at_budget": run["gold_at_budget"] if stop.chosen == last else ends["gold_final"],
+            "gold_peak": run["gold_peak"] if stop.stop == last else ends["gold_peak"]}  # fmt: skip
 
 
 def best_beta(runs: pd.DataFrame, condition: str) -> pd.DataFrame:
@@ -79,7 +92,7 @@ def best_beta(runs: pd.DataFrame, condition: str) -> pd.DataFrame:
                  & (runs["condition"] == condition)]  # fmt: skip
     if fixed.empty:
         return fixed
-    best = fixed.groupby("setting")["gold_final"].mean().idxmax()
+    best = fixed.groupby("setting")["gold_at_budget"].mean().idxmax()
     return fixed[fixed["setting"] == best]
 
 
@@ -102,7 +115,7 @@ def remedy_arms(runs: pd.DataFrame, hist: pd.DataFrame, remedies: dict, patience
                 continue
             if "gold_returned" in arm and arm["gold_returned"].notna().all():
                 # Stopped online (ppo.early_stop): the run leaves you its best evaluation's policy.
-                arm = arm.assign(gold_final=arm["gold_returned"])
+                arm = arm.assign(gold_at_budget=arm["gold_returned"])
             arms.append({"name": name, "condition": str(base["condition"].iloc[0]), "arm": arm, "base": base,
                          "paired": False})  # fmt: skip
     for a in arms:
@@ -136,7 +149,12 @@ def remedies_family(arms: list[dict], alpha: float, d_grid=()) -> pd.DataFrame:
             if len(mine) < 2 or len(base) < 2:
                 continue
             paired = bool(a.get("paired"))
+            # An early-stopping rule that never stopped before the budget in any seed returns the baseline
+            # itself: no comparison to test, and none enters the family.
+            identical = paired and all(mine[s] == base.get(s) for s in mine)
             d = paired_difference(mine, base) if paired else welch_difference(list(mine.values()), list(base.values()))
+            if identical:
+                d = replace(d, p=np.nan)
             iv = t_interval(list(mine.values()))
             sd_a, sd_b = np.std(list(mine.values()), ddof=1), np.std(list(base.values()), ddof=1)
             sd_pairs = np.std([mine[s] - base[s] for s in mine if s in base], ddof=1) if paired else np.nan
@@ -159,13 +177,15 @@ def remedies_family(arms: list[dict], alpha: float, d_grid=()) -> pd.DataFrame:
     for endpoint in endpoints:
         mask = family["endpoint"] == endpoint
         family.loc[mask, "p_holm"] = holm(family.loc[mask, "p"])
-    family["verdict"] = [verdict(d, q, alpha) for d, q in zip(family["diff"], family["p_holm"])]
-    primary = family[family["endpoint"] == ENDPOINTS[0]]
+    family["verdict"] = [verdict(d, q, alpha) if np.isfinite(p) else "identical to the baseline"
+                         for d, q, p in zip(family["diff"], family["p_holm"], family["p"])]  # fmt: skip
+    primary = family[(family["endpoint"] == ENDPOINTS[0]) & np.isfinite(family["p"])]
     robust = leave_one_seed_out({k: (a, b) for k, a, b in zip(primary["key"], primary["a"], primary["b"])},
                                 alpha=alpha, paired=frozenset(primary.loc[primary["paired"], "key"]))  # fmt: skip
     family["robust"] = [robust.get(k) if e == ENDPOINTS[0] else None for k, e in zip(family["key"], family["endpoint"])]
     level = alpha / max(len(primary), 1)  # Holm's strictest step: the power below is a lower bound
-    family["mde"], family["seeds_needed"] = zip(*(power_of(row, level) for _, row in family.iterrows()))
+    family["mde"], family["seeds_needed"] = zip(*(power_of(row, level) if np.isfinite(row["p"]) else (np.nan, None)
+                                                  for _, row in family.iterrows()))  # fmt: skip
     return family.drop(columns=["a", "b", "sd_pairs"])
 
 
@@ -209,13 +229,14 @@ def remedies_table(family: pd.DataFrame) -> pd.DataFrame:
             "remedy": r["remedy"], "condition": r["condition"], "endpoint": r["endpoint"], "n": int(r["n"]),
             "mean [95 % CI]": f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
             "vs β = 0 single RM": iv(r["diff_low"], r["diff"], r["diff_high"]),
-            "p_holm": f"{r['p_holm']:.3g}", "verdict": r["verdict"],
-            "robust": "" if r["robust"] is None else ("yes" if r["robust"] else "no"),
-            "MDE": f"{r['mde']:.3f}", "seeds needed": r["seeds_needed"] or "> 10,000",
+            "Holm p": f"{r['p_holm']:.3g}" if np.isfinite(r["p_holm"]) else "— (not tested)", "verdict": r["verdict"],
+            "robust": "—" if r["robust"] is None or pd.isna(r["robust"]) else ("yes" if r["robust"] else "no"),
+            "detectable (80 %)": f"±{r['mde']:.3f}" if np.isfinite(r["mde"]) else "—",
+            "seeds needed": "—" if not np.isfinite(r["p"]) else (r["seeds_needed"] or "> 10,000"),
             "vs best β": (f"{iv(r['vs_best_beta_low'], r['vs_best_beta'], r['vs_best_beta_high'])} ({r['best_beta']})"
-                          if pd.notna(r.get("vs_best_beta", np.nan)) else ""),
-            "regret": f"{r['regret']:.3f}" if pd.notna(r.get("regret", np.nan)) else "",
-            "gold queries": f"{r['gold_queries']:.0f}" if pd.notna(r.get("gold_queries", np.nan)) else "",
+                          if pd.notna(r.get("vs_best_beta", np.nan)) else "— (no β > 0 grid)"),
+            "regret": f"{r['regret']:.3f}" if pd.notna(r.get("regret", np.nan)) else "— (not a stopping rule)",
+            "gold queries": f"{r['gold_queries']:.0f}" if pd.notna(r.get("gold_queries", np.nan)) else "—",
         })  # fmt: skip
     return pd.DataFrame(rows)
 

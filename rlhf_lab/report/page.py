@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis.findings import finding, seed_fit_table, sweep_against_grid
-from rlhf_lab.analysis.fits import fit_gao
+from rlhf_lab.analysis.findings import comparison_name, family_table, finding, seed_fit_table, sweep_against_grid
+from rlhf_lab.analysis.comparisons import MIN_BAND_SEEDS
+from rlhf_lab.analysis.fits import MIN_FIT_R2, fit_gao
 from rlhf_lab.config import Config
 from rlhf_lab.data.files import read_jsonl
 from rlhf_lab.rewards.gold import gold_kind
@@ -70,24 +71,37 @@ def embed(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
 
 def table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, classes="t", escape=False)
+    """A frame as an HTML table, floats to three decimals; a missing value reads "—" (the table's own
+    text says why a cell can be empty), never NaN."""
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, classes="t", escape=False,
+                         na_rep="—")
 
 def fmt_fit(fit: dict) -> str:
-    text = (f"α = {fit['alpha']:.3f} ± {fit['alpha_se']:.3f}, β = {fit['beta']:.3f} ± {fit['beta_se']:.3f} (± fit s.e.), "
-            f"R² = {fit['r2']:.3f} ({fit['points']} points)")  # fmt: skip
-    if "alpha_ci" in fit:
-        text += (f"; 95 % bootstrap CI over {fit['n_seeds']} seeds: α [{fit['alpha_ci'][0]:.3f}, {fit['alpha_ci'][1]:.3f}],"
-                 f" β [{fit['beta_ci'][0]:.3f}, {fit['beta_ci'][1]:.3f}]")  # fmt: skip
-    return text + f"; predicted peak at KL = {fit['peak_kl']:.2f} nats (gain {fit['peak_gain']:+.3f})"
+    """A Gao fit's coefficients (α_G, β_G: the form's, not the KL coefficient β), R², intervals, and its
+    peak only where the peak rule quotes one."""
+    text = (f"α_G = {fit['alpha']:.3f} ± {fit['alpha_se']:.3f}, β_G = {fit['beta']:.3f} ± {fit['beta_se']:.3f} "
+            f"(± fit s.e.), R² = {fit['r2']:.3f} ({fit['points']} points)")  # fmt: skip
+    if "alpha_ci" in fit and np.isfinite(fit["alpha_ci"][0]):
+        text += (f"; 95 % bootstrap CI over {fit['n_seeds']} seeds: α_G [{fit['alpha_ci'][0]:.3f}, {fit['alpha_ci'][1]:.3f}],"
+                 f" β_G [{fit['beta_ci'][0]:.3f}, {fit['beta_ci'][1]:.3f}]")  # fmt: skip
+    if "quoted_peak_kl" not in fit:  # best-of-n: peak inside or beyond the n measured, said in the findings
+        return text + f"; the form's peak at KL = {fit['peak_kl']:.2f} nats"
+    if fit["quoted_peak_kl"] is not None:
+        return text + f"; peak at KL = {fit['quoted_peak_kl']:.2f} nats (gain {fit['peak_gain']:+.3f})"
+    misfit = "; ".join(fit.get("misfit", []))
+    return text + f"; no peak quoted: {fit['why_no_peak']}" + (f" (the curves show {misfit})" if misfit else "")
 
 METHODS = (
     "<p><b>Design and statistics.</b> Each setting runs under several seeds (the policy's sampling and the prompt "
     "order). A run stops at its first evaluation whose KL to SFT reaches <code>ppo.kl_budget</code>, or at the "
     "iteration cap, so that every objective gets the same distance budget. The endpoints were declared before the "
-    "data: per run, the gold peak, the KL at the peak, gold where the run first reaches each distance of "
-    "<code>report.d_grid</code> (d = √KL, interpolated between evaluations), the final gold at the budget and the "
-    "gold drop (peak − final). The primary family has one endpoint per question: the gold peak of each ensemble "
-    "objective against the single RM of its condition; the final gold of each β against β = 0; best-of-n gold at "
+    "data: per run, read on its curve up to the KL budget, gold at the budget (where the run crosses it, "
+    "interpolated between the evaluations around the crossing: a run stops at the first evaluation past the budget, "
+    "which can lie tens of nats beyond it; a run the iteration cap stopped short of the budget is read where it "
+    "stopped, and the tables give the KL each run reached), the gold peak and the KL there, gold where the run first "
+    "reaches each distance of <code>report.d_grid</code> (d = √KL, interpolated), and the gold drop (peak − gold at "
+    "the budget). The primary family has one endpoint per question: the gold peak of each ensemble "
+    "objective against the single RM of its condition; gold at the budget of each β against β = 0; best-of-n gold at "
     "the largest n of each objective against the single RM, per condition, paired over prompts (95 % bootstrap "
     "interval over prompts, sign-flip permutation p). Over seeds, differences are Welch's t (unequal variances; "
     "interval and two-sided p; seeds are independent runs). Holm's step-down correction over the whole primary "
@@ -96,41 +110,98 @@ METHODS = (
     "intervals and no verdict. Power: the difference each comparison detects with 80 % power at Holm's strictest "
     "level α/m (a lower bound on the corrected test's power), from the observed spread; seeds needed: per side, "
     "for a difference of the observed size at that level. Robust: the verdict is unchanged with any one seed "
-    "left out of every setting (Holm recomputed each time). Curves against d are each seed's curve interpolated "
-    "on a common d grid and averaged where at least two seeds reach that d (95 % t band; with five seeds or fewer "
-    "each seed is drawn thin); step-aligned curves (training) average the seeds at shared steps. Gao et al. fits "
-    "pool the seeds' points, with a percentile bootstrap over seeds for α and β.</p>"
+    "left out of every setting (Holm recomputed each time). Counts of seeds (over-optimised k of n) carry Wilson's "
+    "95 % interval. Curves against distance are each seed's curve interpolated on a common d grid and averaged where "
+    f"at least two seeds reach that d; the 95 % t band is drawn only where at least {MIN_BAND_SEEDS} do (a two-seed t band spans "
+    "±12.7 standard errors), correlations' bands are clipped to [−1, 1], and the y-axis is set by the means and their "
+    "bands; with five seeds or fewer each seed is drawn thin. Curves over training (iterations) average the seeds at "
+    "shared steps, by the same band rule. Gao et al.'s forms are fitted by least squares to the seeds' pooled points "
+    "(coefficients α_G, β_G: the form's, not the KL coefficient β), with a percentile bootstrap over seeds; a fit's "
+    f"peak is quoted only when R² ≥ {MIN_FIT_R2:g}, its curve turns over, and the peak lies inside the distances "
+    "measured.</p>"
 )
 
-def findings_section(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.DataFrame, bon: pd.DataFrame,
-                     cfg: Config) -> str:  # fmt: skip
-    """The answers first: one line per primary question, each with its estimate [CI], n, Holm p and robustness."""
+def fit_sentence(condition: str, fit: dict) -> str:
+    """Gao's RL form for one condition, honestly: its peak where the peak rule quotes one, else that the
+    form does not fit and what in the curves it misses."""
+    coefficients = f"α_G = {fit['alpha']:.2f}, β_G = {fit['beta']:.2f}, R² = {fit['r2']:.2f}"
+    if fit.get("quoted_peak_kl") is not None:
+        return f"{condition}: the form fits ({coefficients}); its gold peak at KL {fit['quoted_peak_kl']:.1f} nats."
+    why = "; ".join(fit.get("misfit", []))
+    return (f"{condition}: no peak quoted, {fit.get('why_no_peak', 'the form does not fit')} ({coefficients})"
+            + (f"; the curves show {why}" if why else "") + ".")
+
+
+def power_ranges(family: pd.DataFrame) -> str:
+    """Per question, the smallest difference the design detects at 80 % power (range over its comparisons)."""
+    parts = []
+    for question, name in (("beta", "β vs β = 0, gold at the budget"), ("ensemble", "ensemble vs single RM, gold peak"),
+                           ("bon", "best-of-n objectives, over prompts")):  # fmt: skip
+        mde = family.loc[family["question"] == question, "mde"].dropna()
+        if len(mde):
+            low, high = mde.min(), mde.max()
+            parts.append(f"{name}: ±{low:.2f}" + (f"–{high:.2f}" if high - low >= 0.005 else "") + " gold")
+    return "; ".join(parts)
+
+
+def synthesis(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.DataFrame, cfg: Config) -> str:
+    """The first screen: the design and its power, the supported findings with their sizes, the counts
+    with intervals, and what this many seeds cannot decide (and which example decides it)."""
     r = cfg.report
-    lines = []
+    seeds = sorted(runs["seed"].unique())
+    reached = runs["budget_reached"].astype(bool) if "budget_reached" in runs else pd.Series(True, index=runs.index)
+    zero_cap = runs[~reached & (runs["beta"] == 0)]
+    budget = cfg.ppo.kl_budget
+    design = (f"{runs['setting'].nunique()} PPO settings × {len(seeds)} seeds"
+              + (f", each run read where it crosses the KL budget of {budget:g} nats (interpolated between evaluations); "
+                 f"{int((~reached).sum())} of {len(runs)} runs stopped at the {cfg.ppo.iterations}-iteration cap short of it "
+                 f"and are read where they stopped ({len(zero_cap)} of them at β = 0)" if budget is not None else
+                 ", each run read at its last evaluation (no KL budget)") + ".")  # fmt: skip
+    lines = [f"<b>Design.</b> {design}"]
+    if not family.empty:
+        m = int(family["family_size"].iloc[0])
+        lines.append(f"<b>Power.</b> {m} primary comparisons, Holm at {r.alpha:g}. Smallest difference each detects "
+                     f"with 80 % power: {power_ranges(family)}.")  # fmt: skip
+        supported = family[family["verdict"] != "not supported"]
+        if supported.empty:
+            lines.append(f"<b>Findings.</b> None of the {m} comparisons is supported at this size.")
+        else:
+            lines.append(f"<b>Findings</b> ({len(supported)} of {m} supported; each with its size and 95 % CI):<ul>"
+                         + "".join(f"<li>{finding(row, r.alpha)}</li>" for _, row in supported.iterrows()) + "</ul>")
     single = counts[(counts["objective"] == "single") & (counts["beta"] == 0)]
-    over = "; ".join(f"{row['condition']}: {int(row['seeds_overoptimised'])} of {int(row['seeds'])} seeds"
-                     for _, row in single.iterrows())  # fmt: skip
-    fits = "; ".join(f"{c}: pooled R² = {f['r2']:.3f}" + (f", mean curve R² = {f['mean_curve']['r2']:.3f}"
-                                                           if f["mean_curve"] else "")
-                     + f", median seed R² = {np.median([s['r2'] for s in f['per_seed']]):.2f}" for c, f in rl.items())  # fmt: skip
-    lines.append(f"Does the single RM over-optimise at β = 0 (gold falls ≥ {r.overopt_drop:g} from its peak while the "
-                 f"proxy rises)? {over}. Gao's RL form d(α − β log d): {fits}." if rl else
-                 "No β = 0 run with the single RM: whether it over-optimises is not asked of this grid.")  # fmt: skip
-    for question in ("beta", "ensemble", "bon"):
-        lines += [finding(row, r.alpha) for _, row in family[family["question"] == question].iterrows()
-                  ] if not family.empty else []
+    if not single.empty:
+        over = "; ".join(f"{row['condition']}: {row['rate [95 % Wilson CI]']}" for _, row in single.iterrows())
+        lines.append(f"<b>Over-optimisation</b> (β = 0, single RM; gold fell ≥ {r.overopt_drop:g} from its peak while "
+                     f"the proxy rose), seeds: {over}. Gao's RL form d(α_G − β_G log d): "
+                     + " ".join(fit_sentence(c, f) for c, f in rl.items()))  # fmt: skip
+    if not family.empty:
+        open_rows = family[family["verdict"] == "not supported"]
+        if not open_rows.empty:
+            items = "; ".join(f"{comparison_name(row)} ({row['diff']:+.3f}, detectable ±{row['mde']:.2f}"
+                              + (f", needs {int(row['seeds_needed'])} seeds a side" if row["question"] != "bon"
+                                 and pd.notna(row["seeds_needed"]) else "") + ")"
+                              for _, row in open_rows.iterrows())  # fmt: skip
+            lines.append(f"<b>Not decidable at this size</b> ({len(open_rows)}): {items}. "
+                         "<code>examples/study/params.yaml</code> runs the same design with 20 seeds per setting "
+                         "(two disjoint sets of ten, each deciding the family again) and decides these.")  # fmt: skip
+    return "<h2>Summary</h2>" + "".join(f"<p>{line}</p>" for line in lines)
+
+
+def findings_section(family: pd.DataFrame, bon: pd.DataFrame) -> str:
+    """Every primary comparison as a table (the summary above names the supported ones), and where
+    best-of-n's Gao form puts its peak."""
+    parts = ["<h2>Every primary comparison</h2>"]
+    parts.append(table(family_table(family)) if not family.empty else "<p>No primary comparison: the grid lacks "
+                 "the settings each question compares.</p>")  # fmt: skip
     for condition, group in bon[bon["objective"] == "single"].groupby("condition", sort=False):
         fit = fit_gao(np.sqrt(group["kl_exact"]), group["gold"] - group["gold"].iloc[0], "bon")
         top = int(group["n"].max())
         where = (f"beyond n = {top} (KL {fit['peak_kl']:.2f} nats against {group['kl_exact'].max():.2f} at n = {top})"
                  if fit["peak_kl"] > group["kl_exact"].max() else f"inside the data (KL {fit['peak_kl']:.2f} nats)")  # fmt: skip
-        lines.append(f"{condition}: best-of-n by the single RM, Gao's form d(α − β d) puts the gold peak {where}.")
-    if not family.empty:
-        m, supported = int(family["family_size"].iloc[0]), int((family["verdict"] != "not supported").sum())
-        robust = int((family["robust"] & (family["verdict"] != "not supported")).sum())
-        lines.append(f"Primary family: {m} comparisons, Holm at {r.alpha:g}; {supported} supported, {robust} of them "
-                     "robust to leaving any one seed out. The rest are not findings of this run.")  # fmt: skip
-    return "<h2>Findings</h2><ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+        parts.append(f"<p>{condition}: best-of-n by the single RM, Gao's form d(α_G − β_G d) (R² = {fit['r2']:.2f}) "
+                     f"puts the gold peak {where}.</p>")  # fmt: skip
+    return "".join(parts)
+
 
 def describe_gold(cfg: Config) -> str:
     kind = gold_kind(cfg)
@@ -145,7 +216,7 @@ def describe_conditions(cfg: Config) -> str:
                                     or "as params.yaml") for name, over in cfg.reward_conditions.items())  # fmt: skip
 
 def style_page(title: str, sections: list[str]) -> str:
-    style = ("body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}"
+    style = ("body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}img{display:block;margin:0.5em 0}"
              ".t{border-collapse:collapse;font-size:12px;margin:0.5em 0}.t td,.t th{padding:2px 8px;"
              "border-bottom:1px solid #ddd}")  # fmt: skip
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
@@ -167,7 +238,7 @@ def fits_text(rl: dict, bon_fit: dict, cfg: Config) -> str:
         fits = "<br>".join(f"{c}: {fmt_fit(f)}" + (f"; fit to the mean curve on a common d grid: R² = "
                                                    f"{f['mean_curve']['r2']:.3f}" if f["mean_curve"] else "")
                            for c, f in rl.items())  # fmt: skip
-        rl_text = f"<b>RL</b> (β = 0, single RM, seeds pooled; gold gain vs d): {fits}.<br>"
+        rl_text = f"<b>RL</b> (β = 0, single RM, seeds pooled; gold gain vs d, read up to the KL budget): {fits}.<br>"
     else:
         rl_text = "No β = 0 run with the single RM: the RL over-optimisation fit is skipped.<br>"
     text = (f"<p>{rl_text}<b>Best-of-n</b> (SFT policy, unbiased estimator over {cfg.best_of_n.samples_per_prompt} "
