@@ -29,7 +29,10 @@ from rlhf_lab.analysis.findings import (
     ensemble_table,
     family_metrics,
     frontier,
+    P_FLOOR,
+    fmt_p,
     frontier_runs,
+    history_to_budget,
     overoptimisation_counts,
     overoptimisation_fits,
     primary_family,
@@ -218,7 +221,8 @@ def run(cfg: Config) -> dict:
     remedy_runs = every_run[every_run["algorithm"] == "ppo"]
     remedy_hist = hist[hist["algorithm"] == "ppo"]
     every_run = every_run[~every_run["setting"].isin(remedy_settings(r.remedies))]
-    every_hist = hist = hist[hist["run"].isin(every_run["run"])]
+    # Sections 1-9 read each curve up to its KL budget (the remedies' rules above read every evaluation).
+    every_hist = hist = history_to_budget(hist[hist["run"].isin(every_run["run"])], every_run)
     # Sections 1-8 are PPO's study; the other optimisers meet it on the frontier (section 9).
     runs = every_run[every_run["algorithm"] == "ppo"].reset_index(drop=True)
     hist = hist[hist["algorithm"] == "ppo"]
@@ -300,7 +304,8 @@ def run(cfg: Config) -> dict:
             "<p>Seeds that over-optimised (gold fell at least "
             f"{r.overopt_drop:g} from its peak while the proxy at the budget ended above its value there), per setting, "
             "with Wilson's 95 % interval for the rate:</p>",
-            table(counts.assign(setting=counts["setting"].map(labels))),
+            table(pd.DataFrame({"setting": counts["setting"].map(labels),
+                                "over-optimised seeds [95 % Wilson CI]": counts["rate [95 % Wilson CI]"]})),
             "<h2>2. Reward-model ensembles (Coste et al. 2023)</h2>", embed(ensembles_png),
             f"<p>β = 0 runs by training objective and reward condition ({describe_conditions(cfg)}). "
             "Gold drop = peak gold − gold at the KL budget of a run; gold at matched KL = the gold where the run first "
@@ -321,11 +326,11 @@ def run(cfg: Config) -> dict:
             table(agreement) if not agreement.empty else "",
             "<h2>3. β ablation and the reward–KL trade-off</h2>", embed(beta_png), embed(fig_dir / "tradeoff.png"),
             table(beta_table),
-            f"<h2>4. Training table ({html.escape(default_run)}, mean over seeds)</h2>", *shown_note(r.default_run, default_run, "default_run"),
+            f"<h2>4. Training table ({html.escape(labels.get(default_run, default_run))}, mean over seeds)</h2>", *shown_note(r.default_run, default_run, "default_run"),
             "<p>Reward = proxy score, KL in nats, Combined = Reward − β·KL (the KL-regularised objective).</p>",
             table(training_table(hist, default_run)),
             "<h2>5. Reward hacking in text</h2>", *shown_note(r.hacking_run, hacking_run, "hacking_run"),
-            table(hacking_table(runs, hacking_run, best_setting, r.samples)),
+            table(hacking_table(runs, hacking_run, best_setting, r.samples, labels)),
             "<h2>6. Reward-model quality</h2>", embed(rm_png),
             table(scaling), table(rm_table),
             "<h2>7. Optuna study (β, clip ε)</h2>", sweep_section(cfg, trials, sweep_metrics, sweep_png, metrics, runs, first),
@@ -429,7 +434,8 @@ def warm_best_of_n_section(rows: pd.DataFrame) -> list[str]:
     shown = pd.DataFrame({"condition": rows["condition"], "endpoint": rows["endpoint"], "prompts": rows["n_a"],
                           "WARM − single RM [95 % CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
                                                          zip(rows["diff"], rows["ci_low"], rows["ci_high"])],
-                          "p_holm": rows["p_holm"].map(lambda p: f"{p:.3g}"), "verdict": rows["verdict"]})  # fmt: skip
+                          "Holm p": [fmt_p(q, at_floor=p <= P_FLOOR * (1 + 1e-9)) for p, q in zip(rows["p"], rows["p_holm"])],
+                          "verdict": rows["verdict"]})  # fmt: skip
     return ["<p>WARM in best-of-n: the pick by the members' weight average against the pick by the single RM, "
             "on the same SFT samples, paired over prompts (bootstrap interval, paired permutation p), Holm over "
             "the conditions.</p>", table(shown)]
@@ -456,12 +462,15 @@ def remedies_section(family: pd.DataFrame, cfg: Config) -> str:
         return "<p>No remedy to measure: the β = 0 single-RM settings are missing.</p>"
     return "".join([
         "<p>Each remedy against the β = 0 single-RM runs of its condition. Primary endpoint: the gold of the "
-        "policy the remedy leaves you with (final gold; for early stopping, the gold of the evaluation it "
-        "returns). Over seeds: paired t for early stopping (the baseline's own runs, read another way), Welch for "
+        "policy the remedy leaves you with at the KL budget (gold at the budget, read as every run is; for early "
+        "stopping, the gold of the evaluation it returns, or the baseline's own gold at the budget where the rule "
+        "returns the run's last evaluation; a rule that returns the baseline in every seed is marked identical and "
+        "left out of the family). Over seeds: paired t for early stopping (the baseline's own runs, read another way), Welch for "
         "a remedy with runs of its own; Holm over the remedies' primary family; gold peak and gold at each d of "
         "the grid (over the seeds that reach it; none for early stopping, whose curve is the baseline's) are "
         "secondary, each a family of its own, "
-        "robust = the verdict holds with any one seed left out; MDE at 80 % power and Holm's strictest level. "
+        "robust = the verdict holds with any one seed left out; detectable: the difference found with 80 % power at "
+        "Holm's strictest level. "
         "<i>vs best β</i>: against the grid's best fixed β, an estimate with no verdict.</p>",
         "<p>Early stopping is a rule over the baseline runs' own evaluations, so applied afterwards it gives "
         "what it would have given online (the run up to its stop is the same); it stops after "
@@ -506,7 +515,7 @@ def headline_metrics(rl_fit: dict, bon_fit: dict, comparison: pd.DataFrame, beta
             metrics[f"ensemble.{row['objective']}.gold_drop"] = row["gold_drop"].mean
             metrics[f"ensemble.{row['objective']}.gold_final"] = row["gold_final"].mean
     for _, row in beta_summary.iterrows():
-        for column in ("gold_final", "kl_final"):
+        for column in ("gold_at_budget", "kl_at_budget", "gold_final", "kl_final"):
             metrics.update({f"beta.{row['beta']:g}.{column}.{k}": v for k, v in row[column].to_dict().items()})
     metrics.update({
         "sweep.best.beta": sweep_metrics.get("sweep.best.beta"),

@@ -209,7 +209,7 @@ def test_the_peak_rule_quotes_a_peak_only_from_a_fit_that_holds_inside_the_data(
     good = {"r2": 0.8, "alpha": 1.0, "beta": 0.5, "peak_d": math.e, "peak_kl": math.e**2}  # exp(1/0.5 − 1) = e
     assert quoted_peak(good, (1.0, 5.0)) == (pytest.approx(math.e**2), "")
     assert quoted_peak({**good, "r2": 0.159}, (1.0, 5.0))[0] is None
-    assert "does not fit (R² = 0.16" in quoted_peak({**good, "r2": 0.159}, (1.0, 5.0))[1]
+    assert "does not fit (R² = 0.159, under 0.5)" in quoted_peak({**good, "r2": 0.159}, (1.0, 5.0))[1]
     assert "no peak" in quoted_peak({**good, "beta": -0.1, "peak_d": float("inf")}, (1.0, 5.0))[1]
     assert "beyond the data" in quoted_peak(good, (1.0, 2.0))[1]
     assert "before the first evaluation" in quoted_peak({**good, "peak_d": 0.77, "peak_kl": 0.6}, (1.5, 7.0))[1]

@@ -1,6 +1,7 @@
 """What the report draws and prints, against hand computations: the band rule, the axis range, one
 name per setting, p at its permutation floor, and metric counts that match the page's words."""
 
+import json
 import math
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_one_readable_name_per_setting():
 
 
 def test_a_p_value_at_its_permutation_floor_prints_as_a_bound():
-    assert P_FLOOR == pytest.approx(1e-4)
+    assert P_FLOOR == pytest.approx(2e-4)  # two-sided: 2 / (9999 + 1)
     assert fmt_p(2e-4, at_floor=True) == "≤ 0.0002" and fmt_p(0.0312) == "0.0312" and fmt_p(float("nan")) == "—"
 
 
@@ -84,3 +85,27 @@ def test_the_family_table_names_each_comparison_and_has_no_missing_cell():
     assert shown["comparison"].tolist() == ["β = 0.05 vs β = 0", "clean: mean vs single RM", "clean: UWO vs single RM (best-of-n)"]
     assert shown.loc[0, "difference [95 % CI]"] == "+0.900 [+0.500, +1.300]" and shown.loc[2, "seeds needed"] == "— (over prompts)"
     assert not shown.isna().any().any()
+
+
+def test_the_report_reads_each_run_at_the_budget_it_ran_under(tmp_path):
+    from pipelines.report import every_run_table, load_runs
+    from rlhf_lab.analysis.findings import add_endpoints
+
+    curves = {0: ([0, 10, 30, 90], [0.0, 0.5, 0.7, -0.5]), 1: ([0, 10, 26], [0.0, 0.4, 0.6])}  # 1: the cap stopped it
+    for seed, (kl, gold) in curves.items():
+        path = tmp_path / "beta0" / "seeds" / f"seed_{seed}"
+        path.mkdir(parents=True)
+        (path / "run.json").write_text(json.dumps({"algorithm": "ppo", "condition": "clean", "objective": "single",
+                                                   "beta": 0.0, "adaptive": False, "seed": seed}))  # fmt: skip
+        (path / "metrics.json").write_text(json.dumps({"gold_initial": 0.0}))
+        (path / "final_samples.jsonl").write_text(json.dumps({"response": "a b c"}) + "\n")
+        (path / "config.yaml").write_text("ppo:\n  kl_budget: 50.0\n")
+        pd.DataFrame({"step": range(len(kl)), "kl": kl, "gold": gold, "proxy": range(len(kl))}).to_csv(
+            path / "eval_history.csv", index=False)
+    runs, hist = load_runs(tmp_path)
+    runs = add_endpoints(runs, hist, [2], 0.2).set_index("seed")
+    # seed 0 crosses 50 between KL 30 and 90: 0.7 + (20/60)(−1.2) = 0.3; seed 1 never does: its last gold
+    assert runs.loc[0, "gold_at_budget"] == pytest.approx(0.3) and runs.loc[0, "kl_at_budget"] == 50.0
+    assert (runs.loc[1, "gold_at_budget"], runs.loc[1, "kl_at_budget"], runs.loc[1, "budget_reached"]) == (0.6, 26.0, False)
+    shown = every_run_table(runs.reset_index(), {"beta0": "β = 0"})
+    assert shown["read"].tolist() == ["at the KL budget", "at the iteration cap"] and set(shown["setting"]) == {"β = 0"}

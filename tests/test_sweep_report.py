@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -158,11 +159,18 @@ def test_report_stage(experiment_cfg, experiment):
     page = (out / "report.html").read_text()
     for heading in ("1. Over-optimisation", "2. Reward-model ensembles", "3. β ablation", "4. Training table",
                     "5. Reward hacking", "6. Reward-model quality", "7. Optuna study", "Design and statistics.",
-                    "<h2>Findings</h2>", "Holm p", "Primary family: 9 comparisons", "Seeds that over-optimised",
+                    "<h2>Summary</h2>", "Holm p", "9 primary comparisons, Holm at 0.05", "Seeds that over-optimised",
+                    "Wilson", "<h2>Every primary comparison</h2>",
                     "importances are not shown: 3 complete trials", "The best trial ("):
         assert heading in page, heading
     assert page.count("data:image/png;base64,") == 7 and "http" not in page.split("<body>")[1].split("Optuna")[0]
-    assert page.index("<h2>Findings</h2>") < page.index("Design and statistics")  # the answers come first
+    assert page.index("<h2>Summary</h2>") < page.index("Design and statistics")  # the answers come first
+    text = re.sub(r"<img[^>]*>", "", page)  # base64 can spell anything
+    assert ">nan<" not in text.lower() and "NaN" not in text  # every empty cell says why
+    assert "noisy_beta0_uwo" not in page.split("8. Every run")[0]  # settings by their readable names
+    for key in ("primary.supported", "primary.supported_robust", "primary.verdicts_robust", "overopt.rl.peak_quoted",
+                "overopt.rl.seeds_overoptimised.ci_low", "beta.0.1.gold_at_budget_vs_beta0.diff"):
+        assert key in saved, key
     prompts = pd.read_csv(Path(experiment_cfg.paths.best_of_n) / "bon_prompts.csv")
     for condition in ("clean", "noisy"):  # WARM's pick against the single RM's, paired over the same prompts
         mine = prompts[prompts["condition"] == condition].pivot(index="prompt", columns="objective", values="gold")
@@ -229,7 +237,8 @@ def test_a_report_over_a_partial_grid_renders_what_exists_and_says_what_it_skipp
                  "report.default_run: beta005 is not among the runs; shown instead: beta01.",
                  "report.hacking_run: beta0 is not among the runs; shown instead: beta01."):
         assert note in page, note
-    assert metrics["beta.0.1.gold_final.n"] == 2 and "overopt.rl.alpha" not in metrics
+    assert metrics["beta.0.1.gold_final.n"] == 2 and metrics["beta.0.1.gold_at_budget.n"] == 2
+    assert "overopt.rl.alpha" not in metrics
 
 
 def test_a_remedy_setting_is_measured_against_its_baseline_and_kept_out_of_the_study(tmp_path, experiment_cfg, experiment):
@@ -246,13 +255,13 @@ def test_a_remedy_setting_is_measured_against_its_baseline_and_kept_out_of_the_s
     metrics = report.run(cfg)
     iterated = [json.loads((tmp_path / "ppo" / "iterated" / "seeds" / f"seed_{k}" / "metrics.json").read_text())["gold_final"]
                 for k in (0, 1)]  # fmt: skip
-    assert metrics["remedy.iterated.clean.gold_final.mean"] == pytest.approx(sum(iterated) / 2)
+    assert metrics["remedy.iterated.clean.gold_at_budget.mean"] == pytest.approx(sum(iterated) / 2)
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Iterated RLHF, per round" in page
     assert "refit R² (k = round)" in page  # round_start: last, the iterated form's premise
     finals = {s: [json.loads((tmp_path / "ppo" / s / "seeds" / f"seed_{k}" / "metrics.json").read_text())["gold_final"]
                   for k in (0, 1)] for s in ("beta0", "beta01")}  # fmt: skip
-    key = "remedy.label_smoothing.clean.gold_final"
+    key = "remedy.label_smoothing.clean.gold_at_budget"  # no budget in these runs: their last evaluation
     assert metrics[f"{key}.mean"] == pytest.approx(sum(finals["beta01"]) / 2)
     assert metrics[f"{key}_vs_baseline.diff"] == pytest.approx((sum(finals["beta01"]) - sum(finals["beta0"])) / 2)
     assert "beta.0.1.gold_final.n" not in metrics  # a remedy's runs are not the β grid's

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_lab.analysis.comparisons import fmt_interval
-from rlhf_lab.analysis.fits import fit_gao, rl_fits, run_endpoints
+from rlhf_lab.analysis.fits import curve_to_budget, fit_gao, rl_fits, run_endpoints
 from rlhf_lab.analysis.labels import OBJECTIVE_SHORT
 from rlhf_lab.analysis.proportions import wilson_interval
 from rlhf_lab.analysis.stats import (
@@ -41,8 +41,8 @@ from rlhf_lab.analysis.stats import (
 
 OBJECTIVES = ("mean", "wco", "uwo")  # the ensemble objectives, each against the single RM
 POWER = 0.8
-PERMUTATIONS = 9999  # best-of-n's paired permutation test: its p cannot fall below 1 / (9999 + 1)
-P_FLOOR = 1 / (PERMUTATIONS + 1)
+PERMUTATIONS = 9999  # best-of-n's paired permutation test (scipy): its p cannot fall below P_FLOOR
+P_FLOOR = 2 / (PERMUTATIONS + 1)  # two-sided: twice the smaller one-sided (count + 1) / (n + 1)
 
 
 def add_endpoints(runs: pd.DataFrame, hist: pd.DataFrame, d_grid, min_drop: float) -> pd.DataFrame:
@@ -56,6 +56,32 @@ def add_endpoints(runs: pd.DataFrame, hist: pd.DataFrame, d_grid, min_drop: floa
         rows.append(run_endpoints(h["kl"], h["gold"], h["proxy"], d_grid, min_drop, kl_budget=budget))
     ends = pd.DataFrame(rows, index=runs.index)
     return runs.drop(columns=[c for c in ends if c in runs]).join(ends)
+
+
+def history_to_budget(hist: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run's evaluation rows up to its KL budget (column ``kl_budget`` of ``runs``), the last one
+    the point at the budget itself, its numeric columns interpolated (:func:`rlhf_lab.analysis.fits.curve_to_budget`):
+    the curves the fits and figures read, so that an evaluation that overshot the budget by tens of nats
+    does not stretch them past the distance every run is given."""
+    budgets = dict(zip(runs["run"], runs["kl_budget"])) if "kl_budget" in runs else {}
+    frames = []
+    for run, h in hist.groupby("run", sort=False):
+        budget = budgets.get(run)
+        h = h.sort_values("step")
+        if budget is None or not np.isfinite(budget) or not (h["kl"] >= budget).any():
+            frames.append(h)
+            continue
+        first = int(np.argmax(h["kl"].to_numpy() >= budget))
+        numeric = [c for c in h.select_dtypes("number") if c not in ("kl", "step", "seed", "beta", "round")]
+        cut = h.iloc[: first + 1].copy()
+        kl, *values = curve_to_budget(h["kl"], *(h[c] for c in numeric), budget=float(budget))
+        cut["kl"] = kl
+        for column, value in zip(numeric, values):
+            cut[column] = value
+        if "d" in cut:
+            cut["d"] = np.sqrt(cut["kl"].clip(lower=0))
+        frames.append(cut)
+    return pd.concat(frames, ignore_index=True) if frames else hist
 
 
 def zero_beta(runs: pd.DataFrame) -> pd.DataFrame:

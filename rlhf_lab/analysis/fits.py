@@ -94,7 +94,7 @@ def quoted_peak(fit: dict, d_range: tuple[float, float], min_r2: float = MIN_FIT
     distances ``d_range`` = (first evaluated d > 0, last d reached)."""
     r2, low, high = fit.get("r2", float("nan")), *d_range
     if not np.isfinite(r2) or r2 < min_r2:
-        return None, f"the form does not fit (R² = {r2:.2f} < {min_r2:g})"
+        return None, f"the form does not fit (R² = {r2:.3f}, under {min_r2:g})"
     if fit["beta"] <= 0 or not math.isfinite(fit["peak_d"]):
         return None, "the fitted curve has no peak (β_G ≤ 0: gold keeps rising within the form)"
     if fit["peak_d"] > high:

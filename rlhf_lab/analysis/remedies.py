@@ -43,6 +43,7 @@ from rlhf_lab.analysis.stats import (
 )
 
 ENDPOINTS = ("gold_at_budget", "gold_peak")  # the first is the remedies' primary endpoint
+ENDPOINT_NAMES = {"gold_at_budget": "gold at the KL budget (returned policy)", "gold_peak": "gold peak"}
 POWER = 0.8
 
 
@@ -226,13 +227,15 @@ def remedies_table(family: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in family.iterrows():
         rows.append({
-            "remedy": r["remedy"], "condition": r["condition"], "endpoint": r["endpoint"], "n": int(r["n"]),
+            "remedy": r["remedy"], "condition": r["condition"], "endpoint": ENDPOINT_NAMES.get(r["endpoint"], r["endpoint"]),
+            "n": int(r["n"]),
             "mean [95 % CI]": f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
             "vs β = 0 single RM": iv(r["diff_low"], r["diff"], r["diff_high"]),
             "Holm p": f"{r['p_holm']:.3g}" if np.isfinite(r["p_holm"]) else "— (not tested)", "verdict": r["verdict"],
             "robust": "—" if r["robust"] is None or pd.isna(r["robust"]) else ("yes" if r["robust"] else "no"),
             "detectable (80 %)": f"±{r['mde']:.3f}" if np.isfinite(r["mde"]) else "—",
-            "seeds needed": "—" if not np.isfinite(r["p"]) else (r["seeds_needed"] or "> 10,000"),
+            "seeds needed": "—" if not np.isfinite(r["p"]) else (str(int(r["seeds_needed"])) if pd.notna(r["seeds_needed"])
+                                                                 else "> 10,000"),
             "vs best β": (f"{iv(r['vs_best_beta_low'], r['vs_best_beta'], r['vs_best_beta_high'])} ({r['best_beta']})"
                           if pd.notna(r.get("vs_best_beta", np.nan)) else "— (no β > 0 grid)"),
             "regret": f"{r['regret']:.3f}" if pd.notna(r.get("regret", np.nan)) else "— (not a stopping rule)",

@@ -54,6 +54,20 @@ def set_ylim(ax, band: pd.DataFrame, y: str, extra: list[float] = ()) -> None:
         ax.set_ylim(min([low, *extra]), max([high, *extra]))
 
 
+def plain_log_ticks(ax, axis: str = "x") -> None:
+    """A log axis labelled in plain numbers from the 1-2-5 series inside its range (a range inside one
+    decade otherwise gets no major tick at all, and minor ticks overlap)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    series = [m * 10.0**e for e in range(-6, 7) for m in (1, 2, 5)]
+    ticks = [t for t in series if low <= t <= high] or [low, high]
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(FixedLocator(ticks))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_locator(NullLocator())
+
+
 def legend(ax, **kwargs) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, **kwargs)
@@ -178,7 +192,7 @@ def beta_summary(fixed: pd.DataFrame) -> pd.DataFrame:
     inside the support where a t interval did not)."""
     rows = []
     for beta, group in fixed.groupby("beta"):
-        rows.append({"beta": beta, **{c: (bootstrap_mean_interval if c.startswith("kl_") else t_interval)(group[c])
+        rows.append({"beta": beta, **{c: (bootstrap_mean_interval if c.startswith(("kl_", "distinct")) else t_interval)(group[c])
                                       for c in ("gold_at_budget", "kl_at_budget", "proxy_at_budget", "gold_final", "proxy_final",
                                                 "kl_final", "distinct_2", "gold_peak") if c in group}})  # fmt: skip
     return pd.DataFrame(rows)
@@ -207,7 +221,8 @@ def beta_ablation(runs: pd.DataFrame, hist: pd.DataFrame, first: str, fig_dir: P
         axes[1].set(title="proxy at the KL budget (mean, 95 % CI)", xlabel="β", ylabel="proxy score")
         errorbars(axes[2], "kl_at_budget", label="where read (the budget, or the cap's stop)")
         errorbars(axes[2], "kl_final", label="last evaluation", color="tab:gray", alpha=0.7)
-        axes[2].set(title="KL (nats): where gold was read, where the run stopped", xlabel="β", yscale="symlog")
+        axes[2].set(title="KL (nats): where gold was read, where the run stopped", xlabel="β", yscale="log")
+        plain_log_ticks(axes[2], "y")
         legend(axes[2])
         errorbars(axes[3], "distinct_2", color="tab:green")
         axes[3].set(title="final distinct-2", xlabel="β", ylabel="distinct-2")
@@ -264,7 +279,6 @@ def sweep_figure(trials: pd.DataFrame, fig_dir: Path):
     value = "value_gold_final" if "value_gold_final" in trials else "values_gold_final"
     complete = trials[trials["state"] == "COMPLETE"]
     pruned = trials[trials["state"] != "COMPLETE"]
-    tick = FuncFormatter(lambda v, _: f"{v:g}")
 
     def draw(axes):
         ax = axes[0]
@@ -287,8 +301,7 @@ def sweep_figure(trials: pd.DataFrame, fig_dir: Path):
                    title=f"Complete trials' final gold vs β ({len(pruned)} pruned not shown)")
         for a in axes:
             if a.get_xscale() == "log":
-                a.xaxis.set_major_formatter(tick)
-                a.minorticks_off()
+                plain_log_ticks(a, "x")
 
     return figure(fig_dir / "sweep.png", draw)
 

@@ -26,14 +26,16 @@ def training_table(hist: pd.DataFrame, setting: str) -> pd.DataFrame:
     return pd.DataFrame({"Step": mean["step"], "Reward": mean["proxy"], "KL": mean["kl"],
                          "Combined": mean["combined"], "Gold": mean["gold"]}).round(3)  # fmt: skip
 
-def hacking_table(runs: pd.DataFrame, hacking: str, best: str, n: int) -> pd.DataFrame:
-    """Samples at step 0 and at the end of the hacking setting's first seed, and of the best setting."""
+def hacking_table(runs: pd.DataFrame, hacking: str, best: str, n: int, labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Samples at step 0 and at the end of the hacking setting's first seed, and of the best setting
+    (named by ``labels``, the report's one mapping of settings to names)."""
+    name = lambda setting: (labels or {}).get(setting, setting)  # noqa: E731
     first_seed = lambda setting: Path(runs[runs["setting"] == setting].sort_values("seed")["path"].iloc[0])  # noqa: E731
     rows, best_rows = (read_jsonl(first_seed(name) / "samples.jsonl") for name in (hacking, best))
     last, best_last = max(r["step"] for r in rows), max(r["step"] for r in best_rows)
     out = []
-    for label, source, step in (("SFT (step 0)", rows, 0), (f"{hacking}, step {last}", rows, last),
-                                (f"{best} (best final gold), step {best_last}", best_rows, best_last)):  # fmt: skip
+    for label, source, step in (("SFT (step 0)", rows, 0), (f"{name(hacking)}, step {last}", rows, last),
+                                (f"{name(best)} (best gold at the budget), step {best_last}", best_rows, best_last)):  # fmt: skip
         for r in [r for r in source if r["step"] == step][:n]:
             out.append({"policy": label, "prompt": r["prompt"], "response": r["response"],
                         "proxy": r["proxy"], "gold": r["gold"]})  # fmt: skip
@@ -59,12 +61,28 @@ def importances(sweep_dir: Path, storage: str | None, study_name: str) -> tuple[
     frame = pd.DataFrame([{"parameter": k, "importance": round(v, 2)} for k, v in values.items()])
     return frame, f"Parameter importances (fANOVA) over {complete} complete trials."
 
+TRIAL_COLUMNS = {"number": "trial", "state": "state", "params_beta": "β", "params_clip_eps": "clip ε",
+                 "user_attrs_seeds": "seeds", "user_attrs_gold_final_se": "final gold s.e.",
+                 "user_attrs_gold_peak": "gold peak", "user_attrs_kl_final": "final KL"}  # fmt: skip
+
+
 def rounded_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials table at meaningful precision: parameters to 3 significant digits, scores to 3 decimals."""
-    frame = trials.drop(columns=[c for c in trials if c.startswith(("datetime", "duration", "system"))])
+    """The trials table as a reader wants it: readable column names, parameters to 3 significant digits,
+    scores to 3 decimals, and a pruned trial's last report said to be what it is (an intermediate gold
+    at a step, not a final one)."""
+    value = next((c for c in trials if c in ("value_gold_final", "values_gold_final")), None)
+    frame = trials[[c for c in ["number", "state", "params_beta", "params_clip_eps", value, *TRIAL_COLUMNS]
+                    if c in trials and c is not None]].loc[:, lambda f: ~f.columns.duplicated()].copy()  # fmt: skip
     for column in [c for c in frame if c.startswith("params_")]:
         frame[column] = frame[column].map(lambda x: float(f"{x:.3g}") if pd.notna(x) else x)
-    return frame
+    if value is not None:
+        complete = frame["state"] == "COMPLETE"
+        frame[value] = [f"{v:.3f}" if done else (f"— (pruned; last report {v:.3f}, intermediate)" if pd.notna(v) else "—")
+                        for v, done in zip(frame[value], complete)]  # fmt: skip
+    if "user_attrs_seeds" in frame:
+        frame["user_attrs_seeds"] = frame["user_attrs_seeds"].map(lambda x: str(int(x)) if pd.notna(x) else "— (pruned)")
+    return frame.rename(columns={**TRIAL_COLUMNS, **({value: "final gold (mean over seeds)"} if value else {})})
+
 
 def embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
