@@ -23,7 +23,7 @@ import torch
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.algorithms.best_of_n import expected_best_of_n, kl_best_of_n_bound, kl_best_of_n_exact
-from rlhf_lab.analysis.stats import bootstrap_mean_interval
+from rlhf_lab.analysis.intervals import bootstrap_mean_interval
 from rlhf_lab.config import Config
 from rlhf_lab.data.files import read_texts, write_json
 from rlhf_lab.models.generation import decode_responses, left_pad, sample

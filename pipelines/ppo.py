@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pipelines.iterated import train_rounds
 from rlhf_lab import config as config_lib
-from rlhf_lab.analysis.stats import bootstrap_mean_interval, t_interval
+from rlhf_lab.analysis.intervals import bootstrap_mean_interval, t_interval
 from rlhf_lab.config import Config, ConfigError, UserError
 from rlhf_lab.data.files import read_texts, write_json, write_jsonl
 from rlhf_lab.engine.critic_free import GRPOModule, RLOOModule

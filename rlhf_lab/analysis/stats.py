@@ -21,41 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-LEVEL = 0.95
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean (or point estimate) with its interval and the number of values behind it."""
-
-    mean: float
-    ci_low: float
-    ci_high: float
-    n: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] (n={self.n})"
-
-
-def _finite(values) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64).ravel()
-    return values[np.isfinite(values)]
-
-
-def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
-    """Mean ± t_{n−1, (1+level)/2} · s/√n over the finite values; with one value the bounds are NaN."""
-    x = _finite(values)
-    n = len(x)
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    mean = float(x.mean())
-    if n == 1:
-        return Interval(mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return Interval(mean, mean - half, mean + half, n)
+# A stage's summary of its seeds needs only these; they live apart so that the PPO and best-of-n stages
+# depend on them alone, and a change to the report's tests below reruns the report, not every run.
+from rlhf_lab.analysis.intervals import LEVEL, Interval, _finite, bootstrap_mean_interval, t_interval  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -128,20 +96,6 @@ def permutation_p(a: Sequence[float], b: Sequence[float], paired: bool = False, 
         result = stats.permutation_test((x, y), statistic, permutation_type="independent",
                                         n_resamples=n_resamples, rng=seed)  # fmt: skip
     return float(result.pvalue)
-
-
-def bootstrap_mean_interval(values: Sequence[float], level: float = LEVEL, n_resamples: int = 2000,
-                            seed: int = 0) -> Interval:  # fmt: skip
-    """The mean with a percentile-bootstrap interval (e.g. over prompts)."""
-    x = _finite(values)
-    if len(x) < 2:
-        return Interval(float(x.mean()) if len(x) else math.nan, math.nan, math.nan, len(x))
-    if np.all(x == x[0]):
-        return Interval(float(x[0]), float(x[0]), float(x[0]), len(x))
-    result = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples,
-                             method="percentile", rng=seed)  # fmt: skip
-    ci = result.confidence_interval
-    return Interval(float(x.mean()), float(ci.low), float(ci.high), len(x))
 
 
 def group_bootstrap(groups: Sequence, statistic: Callable[[list], Sequence[float]], level: float = LEVEL,
