@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_lab.algorithms.early_stopping import held_out_members, patience_stop, stop_endpoints
-from rlhf_lab.analysis.findings import bon_comparisons
+from rlhf_lab.analysis.findings import bon_comparisons, by_seed
 from rlhf_lab.analysis.fits import fit_gao_rl_iterated, gao_rl_iterated
 from rlhf_lab.analysis.stats import (
     holm,
@@ -95,10 +95,6 @@ def best_beta(runs: pd.DataFrame, condition: str) -> pd.DataFrame:
         return fixed
     best = fixed.groupby("setting")["gold_at_budget"].mean().idxmax()
     return fixed[fixed["setting"] == best]
-
-
-def by_seed(frame: pd.DataFrame, column: str) -> dict[int, float]:
-    return {int(s): float(v) for s, v in zip(frame["seed"], frame[column])}
 
 
 def remedy_arms(runs: pd.DataFrame, hist: pd.DataFrame, remedies: dict, patience: int, probe_every: int,

@@ -150,6 +150,9 @@ def fit_sentence(condition: str, fit: dict) -> str:
             + (f"; the curves show {why}" if why else "") + ".")
 
 
+STUDY_SEEDS = 20  # examples/study: the seeds per setting that carry the verdicts
+
+
 def power_ranges(family: pd.DataFrame) -> str:
     """Per question, the smallest difference the design detects at 80 % power (range over its comparisons)."""
     parts = []
@@ -176,6 +179,10 @@ def synthesis(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.Dat
                  f"and are read where they stopped ({len(zero_cap)} of them at β = 0)" if budget is not None else
                  ", each run read at its last evaluation (no KL budget)") + ".")  # fmt: skip
     lines = [f"<b>Design.</b> {design}"]
+    if len(seeds) < STUDY_SEEDS:
+        lines.append(f"<b>What this report is.</b> With {len(seeds)} seeds per setting this is a tour of the analyses: "
+                     "its verdicts move between machines of the same kind and between seed sets. "
+                     f"<code>examples/study/params.yaml</code> ({STUDY_SEEDS} seeds per setting) gives the verdicts.")  # fmt: skip
     if not family.empty:
         m = int(family["family_size"].iloc[0])
         lines.append(f"<b>Power.</b> {m} primary comparisons, Holm at {r.alpha:g}. Smallest difference each detects "
