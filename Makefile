@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup repro test plots bench mlflow-ui optuna-dashboard clean
+.PHONY: setup repro test plots bench mlflow-ui optuna-dashboard clean study frontier remedies
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The examples as named DVC experiments: params.yaml stays as it is, `dvc exp show` lists each beside the
+# default, `dvc exp apply <name>` brings one back (`dvc exp remove <name>` before running it again).
+study frontier remedies: $(STAMP)
+	$(PY) scripts/experiment_overrides.py examples/$@/params.yaml --run $@
 
 # DVC's plots page, offline: .dvc/config points `dvc plots show` at vendor/dvc_plots.html, which
 # carries Vega, Vega-Lite and vega-embed inline (scripts/vendor_vega.sh rebuilds it).

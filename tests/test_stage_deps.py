@@ -48,3 +48,23 @@ def test_wall_clock_costs_and_run_ids_are_outside_every_hash():
     kept = subprocess.run([sys.executable, "-m", "dvc", "check-ignore", "runs/ppo/beta0/seeds/seed_0/metrics.json"],
                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert kept.returncode == 1  # the run's results are hashed
+
+
+def test_each_example_runs_as_the_overrides_dvc_applies_to_params_yaml(tmp_path):
+    """The examples run as DVC experiments (`make study`): DVC's own override machinery, applied to
+    params.yaml, must give each example's params exactly."""
+    import shutil
+
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    spec = importlib.util.spec_from_file_location("experiment_overrides", ROOT / "scripts" / "experiment_overrides.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.hydra_value({"a": "x y: z", "b": [1, None], "c": 1e-05}) == "{a:'x y: z',b:[1,null],c:1.0e-05}"
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for example in ("study", "frontier", "remedies"):
+        target = yaml.safe_load((ROOT / "examples" / example / "params.yaml").read_text())
+        shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+        apply_overrides(tmp_path / "params.yaml", module.overrides(base, target))
+        assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == target, example
