@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from rlhf_lab import config as config_lib
 from rlhf_lab.analysis.comparisons import (
@@ -25,13 +24,11 @@ from rlhf_lab.analysis.comparisons import (
     seed_band,
 )
 from rlhf_lab.analysis.findings import (
+    P_FLOOR,
     add_endpoints,
     ensemble_table,
     family_metrics,
-    frontier,
-    P_FLOOR,
     fmt_p,
-    frontier_runs,
     history_to_budget,
     overoptimisation_counts,
     overoptimisation_fits,
@@ -39,7 +36,8 @@ from rlhf_lab.analysis.findings import (
     replication,
     zero_beta,
 )
-from rlhf_lab.analysis.fits import distinct_n
+from rlhf_lab.analysis.frontier import frontier, frontier_runs
+from rlhf_lab.analysis.runs import load_runs
 from rlhf_lab.analysis.labels import setting_labels
 from rlhf_lab.analysis.proportions import wilson_interval
 from rlhf_lab.analysis.remedies import (
@@ -83,49 +81,6 @@ from rlhf_lab.report.page import (
 )
 from rlhf_lab.rewards.reward_model import score_samples, warm_path
 from rlhf_lab.runtime.stage import replacing_dir, stage_main
-
-
-# ------------------------------------------------------------------------------------------ loading
-def load_runs(ppo_dir: Path, settings=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per PPO run: setting, condition, beta, objective, adaptive, seed, metrics…; the eval
-    history of every run). A setting is one ``ppo_runs`` entry; it has one run per seed."""
-    runs, histories = [], []
-    seed_dirs = sorted(ppo_dir.glob("*/seeds/seed_*"), key=lambda p: (p.parts[-3], int(p.name.split("_")[1])))
-    if settings:  # only this params file's settings: folders another params file left are not its runs
-        seed_dirs = [p for p in seed_dirs if p.parts[-3] in settings]
-    for path in (p for p in seed_dirs if (p / "eval_history.csv").is_file()):
-        meta = {k: v for k, v in json.loads((path / "run.json").read_text()).items()
-                if k in ("algorithm", "condition", "objective", "beta", "adaptive", "seed", "round_start")}  # fmt: skip
-        meta["setting"] = path.parts[-3]
-        meta["run"] = f"{meta['setting']}/seed_{meta['seed']}"
-        metrics = json.loads((path / "metrics.json").read_text())
-        meta["kl_budget"] = kl_budget_of(path)
-        if (path / "cost.json").is_file():  # what the run cost (section 9)
-            metrics.update(json.loads((path / "cost.json").read_text()))
-        final = read_jsonl(path / "final_samples.jsonl")
-        texts = [r["response"] for r in final]
-        runs.append({**meta, **metrics, "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
-                     "path": str(path)})  # fmt: skip
-        history = pd.read_csv(path / "eval_history.csv").assign(**meta)
-        history["d"] = np.sqrt(history["kl"].clip(lower=0))
-        if "gold" in history:
-            history["gold_gain"] = history["gold"] - history["gold"].iloc[0]
-        histories.append(history)
-    if not runs:
-        raise UserError(f"{ppo_dir}: no PPO runs to report (run the ppo stages first)")
-    runs = pd.DataFrame(runs)
-    if "gold_peak" in runs:
-        runs["gold_drop"] = runs["gold_peak"] - runs["gold_final"]
-    return runs, pd.concat(histories, ignore_index=True)
-
-
-def kl_budget_of(seed_dir: Path) -> float | None:
-    """The KL budget a run ran under, from the config saved beside it (a setting may override it)."""
-    saved = seed_dir / "config.yaml"
-    if not saved.is_file():
-        return None
-    budget = (yaml.safe_load(saved.read_text()) or {}).get("ppo", {}).get("kl_budget")
-    return float(budget) if budget is not None else None
 
 
 def design_metrics(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.DataFrame, first: str) -> dict:

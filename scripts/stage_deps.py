@@ -6,12 +6,14 @@ minutes of PPO). ``dvc.yaml`` lists the files; this script computes what they sh
 
 usage: python scripts/stage_deps.py            # each stage's code dependencies, as dvc.yaml lists them
        python scripts/stage_deps.py --check    # exit 1 naming each stage whose list differs
+       python scripts/stage_deps.py --write    # rewrite dvc.yaml's code deps (data deps and comments stay)
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -86,10 +88,35 @@ def declared_code_deps(stage: str, dvc_yaml: Path = ROOT / "dvc.yaml") -> list[s
     return sorted(d for d in deps if d.endswith(".py") or (ROOT / d).is_dir() and d.split("/")[0] in PACKAGES)
 
 
+def write_code_deps(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
+    """Rewrite each stage's code deps in dvc.yaml as its import closure, keeping its data deps (paths
+    from params, with their comments) first and every other line as it was."""
+    modules, lines, out, stage = stage_modules(dvc_yaml), dvc_yaml.read_text().splitlines(keepends=True), [], None
+    i = 0
+    while i < len(lines):
+        named = re.match(r"^  (\w+):\s*$", lines[i])
+        stage = named.group(1) if named and named.group(1) in modules else stage
+        deps = re.match(r"^(\s*)deps:\s*$", lines[i])
+        out.append(lines[i])
+        i += 1
+        if not (deps and stage):
+            continue
+        indent = deps.group(1) + "  "
+        while i < len(lines) and lines[i].startswith(indent + "- "):
+            if not lines[i].strip()[2:].startswith(PACKAGES):  # a data dep: kept
+                out.append(lines[i])
+            i += 1
+        out += [f"{indent}- {path}\n" for path in code_deps(closure(modules[stage]))]
+    dvc_yaml.write_text("".join(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 where dvc.yaml's code deps differ")
+    parser.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps")
     args = parser.parse_args()
+    if args.write:
+        write_code_deps()
     wrong = []
     for stage, module in stage_modules().items():
         wanted, declared = code_deps(closure(module)), declared_code_deps(stage)
@@ -100,7 +127,8 @@ def main() -> None:
         else:
             print(f"{stage}:\n" + "\n".join(f"  - {d}" for d in wanted))
     if wrong:
-        sys.exit("dvc.yaml code deps differ from the stages' imports:\n" + "\n".join(wrong))
+        sys.exit("dvc.yaml code deps differ from the stages' imports (python scripts/stage_deps.py --write):\n"
+                 + "\n".join(wrong))
 
 
 if __name__ == "__main__":

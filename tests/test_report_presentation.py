@@ -88,7 +88,8 @@ def test_the_family_table_names_each_comparison_and_has_no_missing_cell():
 
 
 def test_the_report_reads_each_run_at_the_budget_it_ran_under(tmp_path):
-    from pipelines.report import every_run_table, load_runs
+    from pipelines.report import every_run_table
+    from rlhf_lab.analysis.runs import load_runs
     from rlhf_lab.analysis.findings import add_endpoints
 
     curves = {0: ([0, 10, 30, 90], [0.0, 0.5, 0.7, -0.5]), 1: ([0, 10, 26], [0.0, 0.4, 0.6])}  # 1: the cap stopped it
