@@ -4,8 +4,8 @@ Both sides: 2-layer d=128 GPT-2 policy, reference and reward model, vocab 512, 6
 rollout (16 prompts × k 4), prompt 8, response 32, the rollout reused for 4 optimiser steps (our
 ``ppo_epochs`` 4 × 1 minibatch; TRL's ``num_iterations``), lr 1e-4, β 0.05, temperature 1, random
 initialisation, CPU. The first rollout is warm-up. TRL runs in its own environment (``.venv-trl``:
-TRL 0.29.1, the faster of 0.29.1 and 1.16.0 on this workload, ../shared/STACK_NOTES.md) through
-``../shared/bench/trl_critic_free_peer.py``. The two sides alternate ``--repeats`` times; the last line
+TRL 0.29.1, the faster of 0.29.1 and 1.16.0 on this workload, measured 2026-12-05) through
+``benchmarks/peers/trl_critic_free_peer.py`` (the project's own). The two sides alternate ``--repeats`` times; the last line
 printed is JSON ``{"grpo": {"ours_samples_per_s", "trl_samples_per_s", "ratio"}, "rloo": {...}}``
 (medians).
 
@@ -82,7 +82,7 @@ def main() -> None:
                           ("resp", 32), ("epochs", 4), ("iters", 4), ("repeats", 3), ("threads", 0)):  # fmt: skip
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
-    p.add_argument("--peer", default=str(ROOT.parent / "shared" / "bench" / "trl_critic_free_peer.py"))
+    p.add_argument("--peer", default=str(ROOT / "benchmarks" / "peers" / "trl_critic_free_peer.py"))
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--algorithms", default="grpo,rloo")
     a = p.parse_args()

@@ -4,7 +4,7 @@ Both sides: 2-layer d=128 GPT-2 policy, reference, value and reward models (four
 models), vocab 512, batch 64, prompt 8, response 32, 4 PPO epochs x 1 minibatch, lr 1e-4,
 temperature 1, random initialisation, CPU. The first iteration is warm-up; the rest are timed.
 TRL runs in its own environment (``make bench`` creates ``.venv-trl``) through the peer script
-``../shared/bench/trl_ppo_peer.py``. The last line printed is JSON with ``ours_samples_per_s``,
+``benchmarks/peers/trl_ppo_peer.py`` (the project's own). The last line printed is JSON with ``ours_samples_per_s``,
 ``trl_samples_per_s`` and ``ratio`` (medians over ``--repeats`` alternating runs of the two sides).
 
 usage: python benchmarks/ppo_vs_trl.py [--iters 6] [--trl-python .venv-trl/bin/python]
@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--minibatches", type=int, default=1)
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
-    p.add_argument("--peer", default=str(ROOT.parent / "shared" / "bench" / "trl_ppo_peer.py"))
+    p.add_argument("--peer", default=str(ROOT / "benchmarks" / "peers" / "trl_ppo_peer.py"))
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each side; medians are reported")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--devices", type=int, default=1, help="our side: processes (CPU) or GPUs, data-parallel")
