@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlhf_lab.analysis.findings import comparison_name, family_table, finding, seed_fit_table, sweep_against_grid
 from rlhf_lab.analysis.comparisons import MIN_BAND_SEEDS
+from rlhf_lab.analysis.findings import comparison_name, family_table, finding, seed_fit_table, sweep_against_grid
 from rlhf_lab.analysis.fits import MIN_FIT_R2, fit_gao
 from rlhf_lab.config import Config
 from rlhf_lab.data.files import read_jsonl
@@ -29,13 +29,13 @@ def training_table(hist: pd.DataFrame, setting: str) -> pd.DataFrame:
 def hacking_table(runs: pd.DataFrame, hacking: str, best: str, n: int, labels: dict[str, str] | None = None) -> pd.DataFrame:
     """Samples at step 0 and at the end of the hacking setting's first seed, and of the best setting
     (named by ``labels``, the report's one mapping of settings to names)."""
-    name = lambda setting: (labels or {}).get(setting, setting)  # noqa: E731
+    shown = lambda setting: (labels or {}).get(setting, setting)  # noqa: E731
     first_seed = lambda setting: Path(runs[runs["setting"] == setting].sort_values("seed")["path"].iloc[0])  # noqa: E731
     rows, best_rows = (read_jsonl(first_seed(name) / "samples.jsonl") for name in (hacking, best))
     last, best_last = max(r["step"] for r in rows), max(r["step"] for r in best_rows)
     out = []
-    for label, source, step in (("SFT (step 0)", rows, 0), (f"{name(hacking)}, step {last}", rows, last),
-                                (f"{name(best)} (best gold at the budget), step {best_last}", best_rows, best_last)):  # fmt: skip
+    for label, source, step in (("SFT (step 0)", rows, 0), (f"{shown(hacking)}, step {last}", rows, last),
+                                (f"{shown(best)} (best gold at the budget), step {best_last}", best_rows, best_last)):  # fmt: skip
         for r in [r for r in source if r["step"] == step][:n]:
             out.append({"policy": label, "prompt": r["prompt"], "response": r["response"],
                         "proxy": r["proxy"], "gold": r["gold"]})  # fmt: skip
@@ -207,8 +207,9 @@ def synthesis(runs: pd.DataFrame, rl: dict, counts: pd.DataFrame, family: pd.Dat
                                  and pd.notna(row["seeds_needed"]) else "") + ")"
                               for _, row in open_rows.iterrows())  # fmt: skip
             lines.append(f"<b>Not decidable at this size</b> ({len(open_rows)}): {items}. "
-                         "<code>examples/study/params.yaml</code> runs the same design with 20 seeds per setting "
-                         "(two disjoint sets of ten, each deciding the family again) and decides these.")  # fmt: skip
+                         f"<code>examples/study/params.yaml</code> runs the same design with {STUDY_SEEDS} seeds per "
+                         "setting (two disjoint sets, each deciding the family again): the size these need, or the "
+                         "evidence that a difference is smaller than that size can see.")  # fmt: skip
     return "<h2>Summary</h2>" + "".join(f"<p>{line}</p>" for line in lines)
 
 
