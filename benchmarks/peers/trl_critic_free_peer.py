@@ -13,34 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
-    TrainerCallback,
-)
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-
-class StepTimes(TrainerCallback):
-    def __init__(self):
-        self.times = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter())
-
-
-def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(vocab)}, unk_token="w1"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="w0", unk_token="w1", eos_token="w2",
-                                   bos_token="w2")  # fmt: skip
+from trl_common import StepTimes, word_tokenizer  # beside this script
 
 
 def main() -> None:

@@ -13,36 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models
-from transformers import (
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
-    TrainerCallback,
-)
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+from trl_common import StepTimes, word_tokenizer  # beside this script
 from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-
-class StepTimes(TrainerCallback):
-    """The wall time at the end of every PPO batch (rollout and its epochs of updates)."""
-
-    def __init__(self):
-        self.times = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter())
-
-
-def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
-    words = {f"w{i}": i for i in range(vocab)}
-    tokenizer = Tokenizer(models.WordLevel(vocab=words, unk_token="w1"))
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="w0", unk_token="w1", eos_token="w2",
-                                   bos_token="w2")  # fmt: skip
 
 
 def main() -> None:
