@@ -208,8 +208,7 @@ def curve_to_budget(kl, *values, budget: float | None):
         return (kl, *values)
     first = int(np.nonzero(kl >= budget)[0][0])
     ends = [budget_crossing(kl, v, budget)[0] for v in values]
-    return (np.append(kl[:first], float(budget) if first else kl[0]),
-            *[np.append(v[:first], end) for v, end in zip(values, ends)])  # fmt: skip
+    return (np.append(kl[:first], float(budget)), *[np.append(v[:first], end) for v, end in zip(values, ends)])
 
 
 def run_endpoints(kl, gold, proxy, d_grid, min_drop: float = 0.2, kl_budget: float | None = None) -> dict:
@@ -226,10 +225,11 @@ def run_endpoints(kl, gold, proxy, d_grid, min_drop: float = 0.2, kl_budget: flo
     """
     kl, gold, proxy = (np.asarray(x, dtype=np.float64) for x in (kl, gold, proxy))
     out = {"gold_final": float(gold[-1]), "kl_final": float(kl[-1])}
-    at_budget, kl_end, reached = budget_crossing(kl, gold, kl_budget)
     kl_cut, gold_cut, proxy_cut = curve_to_budget(kl, gold, proxy, budget=kl_budget)
+    at_budget = float(gold_cut[-1])  # the curve ends where the budget ends the run (budget_crossing)
+    reached = kl_budget is None or bool(kl_cut[-1] >= kl_budget)
     peak = int(np.nanargmax(gold_cut))
-    out.update({"gold_at_budget": at_budget, "kl_at_budget": kl_end, "budget_reached": reached,
+    out.update({"gold_at_budget": at_budget, "kl_at_budget": float(kl_cut[-1]), "budget_reached": reached,
                 "gold_peak": float(gold_cut[peak]), "gold_peak_kl": float(kl_cut[peak]),
                 "gold_drop": float(gold_cut[peak] - at_budget), "proxy_at_budget": float(proxy_cut[-1])})  # fmt: skip
     out["overoptimised"] = bool(out["gold_drop"] >= min_drop and proxy_cut[-1] > proxy_cut[peak])

@@ -129,7 +129,7 @@ def overoptimisation(hist: pd.DataFrame, bon: pd.DataFrame, first: str, rl: dict
 
     def draw(axes):
         ax = axes[0]
-        band = draw_d_bands(ax, zero_single.assign(setting=zero_single["condition"]), "gold")
+        draw_d_bands(ax, zero_single.assign(setting=zero_single["condition"]), "gold")  # sets the y-range: the fits don't
         for (condition, fit), color in zip(rl.items(), ("k", "tab:red", "tab:purple")):
             low, high = fit["d_range"]
             grid = np.linspace(0, high, 200)  # the measured range only: no extrapolation past the data
@@ -138,7 +138,6 @@ def overoptimisation(hist: pd.DataFrame, bon: pd.DataFrame, first: str, rl: dict
             ax.plot(grid, base + gao_rl(grid, fit["alpha"], fit["beta"]), style, color=color, lw=1.8,
                     label=fit_label(condition, fit))
         ax.set(xlabel=D_LABEL, ylabel="gold score", title="β = 0, single RM: gold vs distance, Gao RL fit per condition")
-        set_ylim(ax, band, "gold")
         legend(ax)
         for ax, y, label in ((axes[1], "gold", "gold score"), (axes[2], "proxy", "proxy score (training objective)")):
             draw_d_bands(ax, grid_runs, y)
