@@ -70,7 +70,11 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=Path("params.yaml"))
     parser.add_argument("--run", metavar="NAME", help="run it as the DVC experiment NAME")
     args = parser.parse_args()
-    base, target = (yaml.safe_load(p.read_text()) for p in (args.base, args.example))
+    try:
+        base, target = (yaml.safe_load(p.read_text()) for p in (args.base, args.example))
+    except (OSError, yaml.YAMLError) as err:  # one line naming the file, no traceback
+        reason = getattr(err, "strerror", None) or " ".join(str(err).split())
+        sys.exit(f"error: {getattr(err, 'filename', None) or args.example}: {reason}")
     arguments = [word for item in overrides(base, target) for word in ("-S", item)]
     if args.run:  # an argument list, never a shell line: titles hold spaces and colons
         sys.exit(subprocess.run(["dvc", "exp", "run", "-n", args.run, *arguments]).returncode)
